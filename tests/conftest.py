@@ -1,0 +1,77 @@
+"""Shared fixtures: a private PostgreSQL database per test session on the shared server.
+
+Each session creates its own database so parallel runs (developers, helpers, CI) never see
+each other's rows; the shared server itself is never stopped. In CI a PostgreSQL that
+cannot be reached is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, make_url
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _server_url() -> URL:
+    return make_url(os.environ.get("CHATTER_TEST_DATABASE_URL", DEFAULT_PG)).set(
+        drivername="postgresql+psycopg"
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> URL:
+    url = _server_url()
+    try:
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL at {url.render_as_string()} is unreachable in CI: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    return url
+
+
+def create_private_database(server: URL) -> URL:
+    name = f"chatter_otel_t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return server.set(database=name)
+
+
+def drop_private_database(server: URL, url: URL) -> None:
+    engine = create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_server_url: URL) -> Iterator[URL]:
+    """A fresh, empty PostgreSQL database (psycopg URL) for one test."""
+    url = create_private_database(pg_server_url)
+    try:
+        yield url
+    finally:
+        drop_private_database(pg_server_url, url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: os.PathLike[str]) -> URL:
+    return make_url(f"sqlite:///{tmp_path}/chatter.db")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> URL:
+    """Runs a test once on SQLite and once on PostgreSQL."""
+    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
