@@ -7,7 +7,9 @@ output) are carried separately and never added on top of the totals.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +43,56 @@ class Usage:
             add(self.cache_creation_input_tokens, other.cache_creation_input_tokens),
             add(self.reasoning_output_tokens, other.reasoning_output_tokens),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What one LLM response reports besides its text: usage, model, finish reason."""
+
+    usage: Usage
+    model: str | None
+    finish_reason: str | None
+    response_id: str | None
+
+
+def _count(value: object) -> int | None:
+    # bool is an int subclass; a provider never means True as a token count.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def from_ai_message(message: Any) -> Response:
+    """Read a LangChain ``AIMessage`` (or the sum of a stream's chunks).
+
+    ``usage_metadata`` is absent when the provider reported nothing (an interrupted
+    stream, a provider without usage); that stays unknown rather than becoming 0.
+    """
+    raw = getattr(message, "usage_metadata", None) or {}
+    input_details = raw.get("input_token_details") or {}
+    output_details = raw.get("output_token_details") or {}
+    usage = Usage(
+        input_tokens=_count(raw.get("input_tokens")),
+        output_tokens=_count(raw.get("output_tokens")),
+        cache_read_input_tokens=_count(input_details.get("cache_read")),
+        cache_creation_input_tokens=_count(input_details.get("cache_creation")),
+        reasoning_output_tokens=_count(output_details.get("reasoning")),
+    )
+    meta = getattr(message, "response_metadata", None) or {}
+    model = meta.get("model_name") or meta.get("model")
+    finish = meta.get("finish_reason") or meta.get("stop_reason")
+    response_id = getattr(message, "id", None)
+    return Response(
+        usage=usage,
+        model=str(model) if model else None,
+        finish_reason=str(finish) if finish else None,
+        response_id=str(response_id) if response_id else None,
+    )
+
+
+def aggregate_chunks(chunks: Iterable[Any]) -> Any:
+    """The single message a stream's chunks add up to (usage arrives on the last one)."""
+    total: Any = None
+    for chunk in chunks:
+        total = chunk if total is None else total + chunk
+    return total

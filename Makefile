@@ -1,0 +1,36 @@
+# One-line entry points; the README's two commands are `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: install demo test test-slow lint bench prometheus
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/chatter-otel demo
+
+# Debian's Prometheus (2.42) evaluates the dashboards' queries in the tests.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || test -x /usr/bin/prometheus || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+
+lint: install
+	$(VENV)/bin/ruff check chatter_otel tests benchmarks
+	$(VENV)/bin/ruff format --check chatter_otel tests benchmarks
+	$(VENV)/bin/mypy
+
+test: install prometheus
+	$(VENV)/bin/pytest -m "not slow"
+
+test-slow: install prometheus
+	$(VENV)/bin/pytest -m slow
+
+bench: install
+	$(PY) -m benchmarks

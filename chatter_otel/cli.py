@@ -1,0 +1,112 @@
+"""``chatter-otel``: serve the reference service, run the demo, check the configuration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from chatter_otel.config import ConfigError, TelemetryConfig, _is_secret
+
+
+def _settings_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    variable = str(err["loc"][0]).upper() if err["loc"] else "?"
+    value = "***" if _is_secret(variable) else os.environ.get(variable, "")
+    return f"invalid {variable}={value!r}: {err['msg']}"
+
+
+def _load() -> tuple[TelemetryConfig, object]:
+    from chatter_otel.service.settings import ServiceSettings
+
+    config = TelemetryConfig.from_env()
+    try:
+        settings = ServiceSettings()
+    except ValidationError as exc:
+        raise SystemExit(_fatal(_settings_error(exc))) from None
+    return config, settings
+
+
+def _fatal(line: str) -> int:
+    print(f"chatter-otel: {line}", file=sys.stderr)
+    return 2
+
+
+def cmd_check_config(_args: argparse.Namespace) -> int:
+    from chatter_otel import dburl
+    from chatter_otel.service.settings import ServiceSettings
+
+    config, settings = _load()
+    assert isinstance(settings, ServiceSettings)
+    from chatter_otel.pricing import Pricing, PricingError
+
+    try:
+        Pricing(config.prices_file)
+    except PricingError as exc:
+        return _fatal(f"invalid CHATTER_OTEL_PRICES_FILE={str(config.prices_file)!r}: {exc}")
+    print("chatter-otel configuration (effective):")
+    for key, value in config.describe().items():
+        print(f"  {key:32} {value}")
+    print("service:")
+    for key, value in settings.model_dump().items():
+        if key == "database_url":
+            value = dburl.masked(value)
+        elif value is not None and (_is_secret(key) or "key" in key):
+            value = "***"
+        print(f"  {key:32} {value}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from chatter_otel.service.api import create_app
+    from chatter_otel.telemetry import setup_telemetry
+
+    config, settings = _load()
+    telemetry = setup_telemetry(config)
+    app = create_app(settings, telemetry)  # type: ignore[arg-type]
+    try:
+        uvicorn.run(
+            app,
+            host=args.host or settings.host,  # type: ignore[attr-defined]
+            port=args.port or settings.port,  # type: ignore[attr-defined]
+            log_config=None,
+        )
+    finally:
+        telemetry.shutdown()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from chatter_otel.demo import run_demo
+
+    config, settings = _load()
+    return asyncio.run(run_demo(config, settings, turns=args.turns))  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chatter-otel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the reference Chatter service with uvicorn")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(func=cmd_serve)
+    demo = sub.add_parser("demo", help="run scripted conversations and print what was stored")
+    demo.add_argument("--turns", type=int, default=None, help="run N extra turns with a progress bar")
+    demo.set_defaults(func=cmd_demo)
+    check = sub.add_parser("check-config", help="validate the environment, print the configuration")
+    check.set_defaults(func=cmd_check_config)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        return _fatal(str(exc))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

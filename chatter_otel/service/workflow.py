@@ -1,0 +1,161 @@
+"""The chat workflow: a LangGraph loop of ``call_model`` and ``tools`` until the model stops.
+
+The model node opens a ``model_span`` around each LLM call and records the response on it;
+the tool node opens an ``execute_tool`` span per call. The caller wraps the whole run in a
+``workflow_span`` naming the assistant message the turn produces.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypedDict
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+
+from chatter_otel.service.tools import TOOLS
+from chatter_otel.spans import model_span, tool_span
+
+WORKFLOW_NAME = "chat"
+
+
+class ChatState(TypedDict):
+    messages: Annotated[list[BaseMessage], add_messages]
+    rounds: int
+
+
+@dataclass
+class TurnInput:
+    llm: BaseChatModel
+    provider: str
+    model: str
+    streaming: bool = False
+    max_tool_rounds: int = 5
+
+
+@dataclass
+class TurnResult:
+    content: str
+    finish_reason: str | None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _turn(config: RunnableConfig) -> TurnInput:
+    turn: TurnInput = config["configurable"]["turn"]
+    return turn
+
+
+async def call_model(state: ChatState, config: RunnableConfig) -> dict[str, Any]:
+    turn = _turn(config)
+    llm = turn.llm.bind_tools(list(TOOLS.values()))
+    messages = state["messages"]
+    async with model_span(provider=turn.provider, model=turn.model, streaming=turn.streaming) as call:
+        call.record_input(messages)
+        if turn.streaming:
+            reply: BaseMessage | None = None
+            async for chunk in llm.astream(messages, config):
+                reply = chunk if reply is None else reply + chunk  # type: ignore[operator]
+            if reply is None:
+                reply = AIMessageChunk(content="")
+        else:
+            reply = await llm.ainvoke(messages, config)
+        call.record(reply)
+    return {"messages": [reply], "rounds": state.get("rounds", 0) + 1}
+
+
+async def call_tools(state: ChatState) -> dict[str, Any]:
+    last = state["messages"][-1]
+    results: list[ToolMessage] = []
+    for tool_call in getattr(last, "tool_calls", []):
+        name, call_id = tool_call["name"], tool_call["id"]
+        try:
+            async with tool_span(name, call_id=call_id):
+                tool = TOOLS.get(name)
+                if tool is None:
+                    raise LookupError(f"unknown tool {name!r}")
+                content = str(await tool.ainvoke(tool_call["args"]))
+            status = "success"
+        except Exception as exc:  # the model sees the error and can answer anyway
+            content, status = f"error: {exc}", "error"
+        results.append(ToolMessage(content=content, tool_call_id=call_id, name=name, status=status))
+    return {"messages": results}
+
+
+def _route(state: ChatState, config: RunnableConfig) -> str:
+    last = state["messages"][-1]
+    if getattr(last, "tool_calls", None) and state.get("rounds", 0) < _turn(config).max_tool_rounds:
+        return "tools"
+    return END
+
+
+def build_graph() -> Any:
+    graph = StateGraph(ChatState)
+    graph.add_node("call_model", call_model)
+    graph.add_node("tools", call_tools)
+    graph.add_edge(START, "call_model")
+    graph.add_conditional_edges("call_model", _route, ["tools", END])
+    graph.add_edge("tools", "call_model")
+    return graph.compile(name=WORKFLOW_NAME)
+
+
+_GRAPH: Any = None
+
+
+def graph() -> Any:
+    global _GRAPH
+    if _GRAPH is None:
+        _GRAPH = build_graph()
+    return _GRAPH
+
+
+def _result(messages: Sequence[BaseMessage], start: int) -> TurnResult:
+    new = list(messages[start:])
+    final = new[-1] if new else AIMessage(content="")
+    tool_calls: list[dict[str, Any]] = []
+    outputs = {m.tool_call_id: m.content for m in new if isinstance(m, ToolMessage)}
+    for m in new:
+        for tc in getattr(m, "tool_calls", None) or []:
+            tool_calls.append(
+                {
+                    "id": tc["id"],
+                    "name": tc["name"],
+                    "arguments": json.dumps(tc["args"]),
+                    "result": outputs.get(tc["id"]),
+                }
+            )
+    finish = (getattr(final, "response_metadata", None) or {}).get("finish_reason")
+    content = final.content if isinstance(final.content, str) else json.dumps(final.content)
+    return TurnResult(content=content, finish_reason=finish, tool_calls=tool_calls)
+
+
+async def run_turn(turn: TurnInput, history: Sequence[BaseMessage]) -> TurnResult:
+    state = await graph().ainvoke(
+        {"messages": list(history), "rounds": 0}, {"configurable": {"turn": turn}}
+    )
+    return _result(state["messages"], len(history))
+
+
+async def stream_turn(
+    turn: TurnInput, history: Sequence[BaseMessage]
+) -> AsyncIterator[str | TurnResult]:
+    """Yields text deltas of the model's answer as they arrive, then the ``TurnResult``."""
+    final: dict[str, Any] | None = None
+    async for mode, payload in graph().astream(
+        {"messages": list(history), "rounds": 0},
+        {"configurable": {"turn": turn}},
+        stream_mode=["messages", "values"],
+    ):
+        if mode == "messages":
+            chunk, meta = payload
+            if meta.get("langgraph_node") == "call_model" and isinstance(chunk, AIMessageChunk):
+                if isinstance(chunk.content, str) and chunk.content:
+                    yield chunk.content
+        else:
+            final = payload
+    assert final is not None
+    yield _result(final["messages"], len(history))

@@ -1,0 +1,166 @@
+"""The reference Chatter service: chat turns, streaming, persistence and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.engine import URL
+
+from chatter_otel.testing import CapturedTelemetry, capture_telemetry
+from tests.service_client import Api, running_service
+
+
+@pytest.fixture
+def captured() -> AsyncIterator[CapturedTelemetry]:
+    with capture_telemetry() as cap:
+        yield cap  # type: ignore[misc]
+
+
+@pytest.fixture
+async def api(db_url: URL, captured: CapturedTelemetry) -> AsyncIterator[Api]:
+    async with running_service(db_url.render_as_string(hide_password=False), captured.telemetry) as api:
+        yield api
+
+
+async def test_plain_turn_stores_user_and_assistant_messages(api: Api) -> None:
+    cid = await api.conversation()
+    r = await api.say(cid, "Hello there")
+    assert r.status_code == 201
+    assert r.json()["content"] == "You said: Hello there"
+    rows = await api.messages(cid)
+    assert [(m["sequence_number"], m["role"], m["content"]) for m in rows] == [
+        (0, "USER", "Hello there"),
+        (1, "ASSISTANT", "You said: Hello there"),
+    ]
+
+
+async def test_tool_calling_turn_stores_both_messages_with_the_tool_call(api: Api) -> None:
+    cid = await api.conversation()
+    r = await api.say(cid, "Please calculate 12*7")
+    assert r.status_code == 201
+    rows = await api.messages(cid)
+    assert [m["role"] for m in rows] == ["USER", "ASSISTANT"]
+    assert rows[1]["content"] == "The result is 84."
+    assert rows[1]["tool_calls"] == [
+        {"id": rows[1]["tool_calls"][0]["id"], "name": "calculator", "arguments": '{"expression": "12*7"}', "result": "84"}
+    ]
+
+
+async def test_streaming_turn_sends_deltas_then_the_stored_message(api: Api) -> None:
+    cid = await api.conversation()
+    events = await api.stream(cid, "hello big world")
+    deltas = "".join(data["content"] for name, data in events if name == "delta")
+    assert deltas == "You said: hello big world"
+    assert events[-1][0] == "message"
+    stored = await api.messages(cid)
+    assert stored[1]["id"] == events[-1][1]["id"]
+    assert stored[1]["content"] == "You said: hello big world"
+
+
+async def test_history_is_sent_to_the_model_on_later_turns(api: Api) -> None:
+    cid = await api.conversation(system_prompt="Be brief.")
+    await api.say(cid, "one")
+    r = await api.say(cid, "two")
+    assert r.json()["content"] == "You said: two"
+    assert [m["sequence_number"] for m in await api.messages(cid)] == [0, 1, 2, 3]
+
+
+async def test_concurrent_turns_get_distinct_sequence_numbers(api: Api) -> None:
+    cid = await api.conversation()
+    responses = await asyncio.gather(*(api.say(cid, f"turn {i}") for i in range(8)))
+    assert [r.status_code for r in responses] == [201] * 8
+    rows = await api.messages(cid)
+    assert sorted(m["sequence_number"] for m in rows) == list(range(16))
+    assert (await api.get(cid))["message_count"] == 16
+
+
+async def test_failed_turn_answers_502_and_stores_the_error(api: Api) -> None:
+    cid = await api.conversation()
+    r = await api.say(cid, "break #fail")
+    assert r.status_code == 502
+    rows = await api.messages(cid)
+    assert rows[1]["id"] == r.json()["message_id"]
+    assert rows[1]["error_message"] == "OfflineModelError: offline provider failure requested by #fail"
+
+
+async def test_unknown_conversation_is_404(api: Api) -> None:
+    r = await api.say("01ARZ3NDEKTSV4RRFFQ69G5FAV", "hi")
+    assert r.status_code == 404
+    assert r.json() == {"detail": "conversation 01ARZ3NDEKTSV4RRFFQ69G5FAV not found"}
+
+
+async def test_non_ulid_conversation_id_is_422(api: Api) -> None:
+    r = await api.say("not-a-ulid'; DROP TABLE messages;--", "hi")
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize("content", ["", "   "])
+async def test_empty_content_is_422(api: Api, content: str) -> None:
+    cid = await api.conversation()
+    assert (await api.say(cid, content)).status_code == 422
+    assert await api.messages(cid) == []
+
+
+async def test_oversized_content_is_422(api: Api) -> None:
+    cid = await api.conversation()
+    r = await api.say(cid, "x" * 32_001)
+    assert r.status_code == 422
+    assert await api.messages(cid) == []
+
+
+async def test_unknown_provider_is_422(api: Api) -> None:
+    cid = await api.conversation()
+    r = await api.say(cid, "hi", provider="skynet")
+    assert r.status_code == 422
+    assert "accepted: offline, openai, anthropic" in r.text
+    assert await api.messages(cid) == []
+
+
+async def test_openai_without_a_key_is_422_and_stores_nothing(api: Api) -> None:
+    cid = await api.conversation()
+    r = await api.say(cid, "hi", provider="openai")
+    assert r.status_code == 422
+    assert r.json() == {"detail": "provider 'openai' needs OPENAI_API_KEY"}
+    assert await api.messages(cid) == []
+
+
+async def test_malformed_json_is_422(api: Api) -> None:
+    cid = await api.conversation()
+    r = await api.client.post(
+        f"/api/v1/conversations/{cid}/messages", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
+
+
+async def test_wrong_types_are_422(api: Api) -> None:
+    cid = await api.conversation()
+    r = await api.client.post(f"/api/v1/conversations/{cid}/messages", json={"content": 42})
+    assert r.status_code == 422
+
+
+async def test_body_over_one_mebibyte_is_413(api: Api) -> None:
+    cid = await api.conversation()
+    r = await api.client.post(f"/api/v1/conversations/{cid}/messages", content=b"x" * 1_048_577)
+    assert r.status_code == 413
+
+
+async def test_conversation_for_unknown_user_is_404(api: Api) -> None:
+    r = await api.client.post(
+        "/api/v1/conversations", json={"user_id": "01ARZ3NDEKTSV4RRFFQ69G5FAV", "title": "t"}
+    )
+    assert r.status_code == 404
+
+
+async def test_list_conversations_filters_by_user(api: Api) -> None:
+    alice, bob = await api.user("alice"), await api.user("bob")
+    mine = await api.conversation(alice)
+    await api.conversation(bob)
+    r = await api.client.get(f"/api/v1/conversations?user_id={alice}")
+    assert [c["id"] for c in r.json()] == [mine]
+
+
+async def test_healthz(api: Api) -> None:
+    r = await api.client.get("/healthz")
+    assert r.json() == {"status": "ok"}
