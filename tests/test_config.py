@@ -1,0 +1,124 @@
+"""Configuration from the environment: defaults, overrides, and one clear line per bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chatter_otel.cli import main
+from chatter_otel.config import ConfigError, TelemetryConfig
+
+
+def test_embedded_default_needs_no_collector() -> None:
+    config = TelemetryConfig.from_env({})
+    assert config.traces_exporters == ("none",)
+    assert config.metrics_exporters == ("prometheus",)
+    assert config.logs_exporters == ("none",)
+    assert config.capture_content is False
+    assert config.writeback_url is None
+
+
+def test_an_otlp_endpoint_turns_on_otlp_export() -> None:
+    config = TelemetryConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})
+    assert (config.traces_exporters, config.metrics_exporters) == (("otlp",), ("otlp",))
+
+
+def test_standard_variables_are_read() -> None:
+    config = TelemetryConfig.from_env(
+        {
+            "OTEL_SERVICE_NAME": "chatter-eu",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.01",
+            "OTEL_TRACES_EXPORTER": "otlp,console",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc",
+            "CHATTER_OTEL_CAPTURE_CONTENT": "true",
+            "DATABASE_URL": "postgresql+asyncpg://chatter:pw@db:5432/chatter",
+        }
+    )
+    assert config.service_name == "chatter-eu"
+    assert (config.sampler, config.sampler_arg) == ("parentbased_traceidratio", 0.01)
+    assert config.traces_exporters == ("otlp", "console")
+    assert (config.traces_protocol, config.metrics_protocol) == ("http/protobuf", "grpc")
+    assert config.capture_content is True
+    assert config.writeback_url == "postgresql+asyncpg://chatter:pw@db:5432/chatter"
+
+
+def test_writeback_url_wins_over_database_url() -> None:
+    config = TelemetryConfig.from_env(
+        {"DATABASE_URL": "sqlite:///a.db", "CHATTER_OTEL_WRITEBACK_URL": "sqlite:///b.db"}
+    )
+    assert config.writeback_url == "sqlite:///b.db"
+
+
+def test_arguments_override_the_environment() -> None:
+    config = TelemetryConfig.from_env({"CHATTER_OTEL_CAPTURE_CONTENT": "true"}, capture_content=False)
+    assert config.capture_content is False
+
+
+INVALID = [
+    ("OTEL_SDK_DISABLED", "maybe", "invalid OTEL_SDK_DISABLED='maybe': expected true or false"),
+    ("OTEL_TRACES_SAMPLER", "sometimes", "invalid OTEL_TRACES_SAMPLER='sometimes': expected one of always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio"),
+    ("OTEL_TRACES_SAMPLER_ARG", "1.5", "invalid OTEL_TRACES_SAMPLER_ARG='1.5': expected a number between 0 and 1"),
+    ("OTEL_TRACES_EXPORTER", "jaeger", "invalid OTEL_TRACES_EXPORTER='jaeger': expected a comma-separated list of otlp, console, none"),
+    ("OTEL_METRICS_EXPORTER", "statsd", "invalid OTEL_METRICS_EXPORTER='statsd': expected a comma-separated list of otlp, prometheus, console, none"),
+    ("OTEL_LOGS_EXPORTER", "otlp,none", "invalid OTEL_LOGS_EXPORTER='otlp,none': expected a comma-separated list of otlp, console, none"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "invalid OTEL_EXPORTER_OTLP_PROTOCOL='http/json': expected one of grpc, http/protobuf"),
+    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "udp", "invalid OTEL_EXPORTER_OTLP_TRACES_PROTOCOL='udp': expected one of grpc, http/protobuf"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "soon", "invalid OTEL_METRIC_EXPORT_INTERVAL='soon': expected an integer between 1 and 8.64e+07"),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "-1", "invalid OTEL_BSP_MAX_QUEUE_SIZE='-1': expected an integer between 1 and 1e+07"),
+    ("OTEL_PYTHON_LOG_CORRELATION", "yes please", "invalid OTEL_PYTHON_LOG_CORRELATION='yes please': expected true or false"),
+    ("CHATTER_OTEL_CAPTURE_CONTENT", "2", "invalid CHATTER_OTEL_CAPTURE_CONTENT='2': expected true or false"),
+    ("CHATTER_OTEL_LOG_FORMAT", "xml", "invalid CHATTER_OTEL_LOG_FORMAT='xml': expected one of console, json"),
+    ("CHATTER_OTEL_LOG_LEVEL", "LOUD", "invalid CHATTER_OTEL_LOG_LEVEL='LOUD': expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    ("CHATTER_OTEL_PRICES_FILE", "/nonexistent/prices.yaml", "invalid CHATTER_OTEL_PRICES_FILE='/nonexistent/prices.yaml': expected the path of a readable YAML or JSON file"),
+    ("CHATTER_OTEL_INSTRUMENT_LANGCHAIN", "perhaps", "invalid CHATTER_OTEL_INSTRUMENT_LANGCHAIN='perhaps': expected true or false"),
+    ("CHATTER_OTEL_WRITEBACK", "nope", "invalid CHATTER_OTEL_WRITEBACK='nope': expected true or false"),
+    ("CHATTER_OTEL_WRITEBACK_FLUSH_INTERVAL", "0", "invalid CHATTER_OTEL_WRITEBACK_FLUSH_INTERVAL='0': expected a number between 0.01 and 60"),
+    ("CHATTER_OTEL_WRITEBACK_MESSAGE_TTL", "nan", "invalid CHATTER_OTEL_WRITEBACK_MESSAGE_TTL='nan': expected a number between 0 and 604800"),
+    ("CHATTER_OTEL_WRITEBACK_MAX_QUEUE", "1.5", "invalid CHATTER_OTEL_WRITEBACK_MAX_QUEUE='1.5': expected an integer between 100 and 1e+07"),
+    ("CHATTER_OTEL_WRITEBACK_URL", "mysql://u@h/db", "invalid CHATTER_OTEL_WRITEBACK_URL='mysql://***@h/db': expected postgresql://, postgresql+asyncpg://, postgresql+psycopg://, sqlite:///PATH, sqlite+aiosqlite:///PATH"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value", "line"), INVALID, ids=[v for v, _, _ in INVALID])
+def test_invalid_value_is_one_line_naming_it(variable: str, value: str, line: str) -> None:
+    env = {variable: value}
+    if variable == "OTEL_TRACES_SAMPLER_ARG":
+        env["OTEL_TRACES_SAMPLER"] = "traceidratio"
+    with pytest.raises(ConfigError) as info:
+        TelemetryConfig.from_env(env)
+    assert str(info.value) == line
+
+
+def test_database_password_never_appears_in_the_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        TelemetryConfig.from_env({"DATABASE_URL": "oracle://chatter:s3cret@db/x"})
+    assert "s3cret" not in str(info.value)
+
+
+def test_cli_stops_with_exit_2_and_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "sometimes")
+    assert main(["check-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("chatter-otel: invalid OTEL_TRACES_SAMPLER='sometimes'")
+
+
+def test_cli_rejects_bad_service_setting(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CHATTER_PORT", "99999")
+    with pytest.raises(SystemExit) as info:
+        main(["check-config"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("chatter-otel: invalid CHATTER_PORT='99999'")
+
+
+def test_check_config_masks_secrets(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://chatter:hunter2@db:5432/chatter")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-live-abcdef")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20xyz")
+    assert main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "sk-live-abcdef" not in out and "xyz" not in out
+    assert "postgresql+asyncpg://chatter:***@db:5432/chatter" in out
