@@ -137,9 +137,7 @@ class Telemetry:
         """Server spans for a FastAPI app, the ``traceresponse`` header, and ``/metrics``."""
         app.add_middleware(TraceResponseMiddleware)
         if self.prometheus:
-            from prometheus_client import make_asgi_app
-
-            app.mount("/metrics", make_asgi_app())
+            app.add_route("/metrics", _prometheus_metrics, include_in_schema=False)
         if self.config.instrument_fastapi and self.tracer_provider is not None:
             from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
@@ -192,6 +190,13 @@ class Telemetry:
         with _lock:
             if _active is self:
                 _active = None
+
+
+async def _prometheus_metrics(_request: Any) -> Any:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.responses import Response
+
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 class TraceResponseMiddleware:
