@@ -62,7 +62,8 @@ class Runtime:
                 return
             self._warned.add((provider, model))
         logger.warning(
-            "no price known for provider=%s model=%s: cost left unset (set CHATTER_OTEL_PRICES_FILE)",
+            "no price known for provider=%s model=%s: cost left unset "
+            "(add it to CHATTER_OTEL_PRICES_FILE)",
             provider,
             model,
         )

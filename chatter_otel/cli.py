@@ -97,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None)
     serve.set_defaults(func=cmd_serve)
     demo = sub.add_parser("demo", help="run scripted conversations and print what was stored")
-    demo.add_argument("--turns", type=int, default=None, help="run N extra turns with a progress bar")
+    demo.add_argument(
+        "--turns", type=int, default=None, help="run N extra turns with a progress bar"
+    )
     demo.set_defaults(func=cmd_demo)
     check = sub.add_parser("check-config", help="validate the environment, print the configuration")
     check.set_defaults(func=cmd_check_config)

@@ -97,15 +97,15 @@ class TelemetryConfig:
         config = cls(
             sdk_disabled=env.boolean("OTEL_SDK_DISABLED", False),
             service_name=env.text("OTEL_SERVICE_NAME", "chatter"),
-            traces_exporters=env.exporters("OTEL_TRACES_EXPORTER", TRACES_EXPORTERS, default_traces),
+            traces_exporters=env.exporters(
+                "OTEL_TRACES_EXPORTER", TRACES_EXPORTERS, default_traces
+            ),
             metrics_exporters=env.exporters(
                 "OTEL_METRICS_EXPORTER", METRICS_EXPORTERS, default_metrics
             ),
             logs_exporters=env.exporters("OTEL_LOGS_EXPORTER", LOGS_EXPORTERS, "none"),
             traces_protocol=env.choice("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", PROTOCOLS, protocol),
-            metrics_protocol=env.choice(
-                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", PROTOCOLS, protocol
-            ),
+            metrics_protocol=env.choice("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", PROTOCOLS, protocol),
             logs_protocol=env.choice("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", PROTOCOLS, protocol),
             sampler=sampler,
             sampler_arg=env.ratio("OTEL_TRACES_SAMPLER_ARG") if "ratio" in sampler else None,
@@ -127,7 +127,13 @@ class TelemetryConfig:
                 "CHATTER_OTEL_WRITEBACK_MESSAGE_TTL", 300.0, low=0.0, high=7 * 86400.0
             ),
             writeback_max_queue=int(
-                env.number("CHATTER_OTEL_WRITEBACK_MAX_QUEUE", 100_000, low=100, high=10_000_000, integer=True)
+                env.number(
+                    "CHATTER_OTEL_WRITEBACK_MAX_QUEUE",
+                    100_000,
+                    low=100,
+                    high=10_000_000,
+                    integer=True,
+                )
             ),
             writeback_spool_path=env.path("CHATTER_OTEL_WRITEBACK_SPOOL"),
         )
@@ -177,7 +183,9 @@ class _Env:
             return False
         raise ConfigError(name, value, "true or false")
 
-    def choice(self, name: str, accepted: tuple[str, ...], default: str, *, upper: bool = False) -> str:
+    def choice(
+        self, name: str, accepted: tuple[str, ...], default: str, *, upper: bool = False
+    ) -> str:
         value = self.raw(name)
         if value is None:
             return default
@@ -191,7 +199,11 @@ class _Env:
         if value is None:
             return (default,)
         names = tuple(part.strip().lower() for part in value.split(","))
-        if not names or any(n not in accepted for n in names) or (len(names) > 1 and "none" in names):
+        if (
+            not names
+            or any(n not in accepted for n in names)
+            or (len(names) > 1 and "none" in names)
+        ):
             raise ConfigError(name, value, "a comma-separated list of " + ", ".join(accepted))
         return names
 

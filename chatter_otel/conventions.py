@@ -87,12 +87,38 @@ OUTCOME_ERROR: Final = "error"
 METRIC_TOKEN_USAGE: Final = "gen_ai.client.token.usage"
 METRIC_TOKEN_USAGE_UNIT: Final = "{token}"
 METRIC_TOKEN_USAGE_BUCKETS: Final[tuple[float, ...]] = (
-    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+    1,
+    4,
+    16,
+    64,
+    256,
+    1024,
+    4096,
+    16384,
+    65536,
+    262144,
+    1048576,
+    4194304,
+    16777216,
+    67108864,
 )
 METRIC_OPERATION_DURATION: Final = "gen_ai.client.operation.duration"
 METRIC_OPERATION_DURATION_UNIT: Final = "s"
 METRIC_OPERATION_DURATION_BUCKETS: Final[tuple[float, ...]] = (
-    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
 )
 METRIC_LLM_COST: Final = "chatter.llm.cost"
 METRIC_LLM_COST_UNIT: Final = "USD"
@@ -103,7 +129,18 @@ METRIC_WORKFLOW_DURATION_UNIT: Final = "s"
 METRIC_TURN_COST: Final = "chatter.turn.cost"
 METRIC_TURN_COST_UNIT: Final = "USD"
 METRIC_TURN_COST_BUCKETS: Final[tuple[float, ...]] = (
-    0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+    0.00001,
+    0.00005,
+    0.0001,
+    0.0005,
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
 )
 
 # Write-back processor's own metrics.

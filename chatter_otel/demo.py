@@ -6,7 +6,6 @@ write-back stored, so a newcomer sees tokens and cost land in Chatter's own rows
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from typing import Any
 
@@ -56,21 +55,39 @@ async def _turn(client: httpx.AsyncClient, cid: str, content: str, streamed: boo
     return r.status_code if "event: message" in body else 502
 
 
-def _print(console: Console, conversations: list[dict[str, Any]], messages: dict[str, list[dict[str, Any]]]) -> None:
+def _print(
+    console: Console, conversations: list[dict[str, Any]], messages: dict[str, list[dict[str, Any]]]
+) -> None:
     for conv in conversations:
         console.print(
             f"conversation {conv['id']}  title={conv['title']!r} messages={conv['message_count']} "
             f"total_tokens={conv['total_tokens']} total_cost=${conv['total_cost']:.8f}"
         )
         table = Table(show_header=True, header_style="bold")
-        for col in ("seq", "role", "prompt", "completion", "total", "cost $", "model", "finish", "ms", "note"):
+        for col in (
+            "seq",
+            "role",
+            "prompt",
+            "completion",
+            "total",
+            "cost $",
+            "model",
+            "finish",
+            "ms",
+            "note",
+        ):
             table.add_column(col)
         for m in messages[conv["id"]]:
-            note = m["error_message"] or ("unpriced" if (m["extra_metadata"] or {}).get("cost_unpriced") else "")
+            note = m["error_message"] or (
+                "unpriced" if (m["extra_metadata"] or {}).get("cost_unpriced") else ""
+            )
             table.add_row(
                 str(m["sequence_number"]),
                 m["role"],
-                *(("" if m[k] is None else str(m[k])) for k in ("prompt_tokens", "completion_tokens", "total_tokens")),
+                *(
+                    ("" if m[k] is None else str(m[k]))
+                    for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+                ),
                 "" if m["cost"] is None else f"{m['cost']:.8f}",
                 m["model_used"] or "",
                 m["finish_reason"] or "",
@@ -80,7 +97,9 @@ def _print(console: Console, conversations: list[dict[str, Any]], messages: dict
         console.print(table)
 
 
-async def run_demo(config: TelemetryConfig, settings: ServiceSettings, turns: int | None = None) -> int:
+async def run_demo(
+    config: TelemetryConfig, settings: ServiceSettings, turns: int | None = None
+) -> int:
     console = Console()
     if config.writeback_url is None:
         config = replace(config, writeback_url=settings.database_url)
@@ -90,16 +109,25 @@ async def run_demo(config: TelemetryConfig, settings: ServiceSettings, turns: in
     run = str(ULID())[-8:].lower()
     transport = httpx.ASGITransport(app=app)
     try:
-        async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=transport, base_url="http://chatter.local", timeout=60
-        ) as client:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=transport, base_url="http://chatter.local", timeout=60
+            ) as client,
+        ):
             conversation_ids: list[str] = []
             for username, options, script in SCRIPT:
                 user = await client.post(
-                    "/api/v1/users", json={"username": f"{username}-{run}", "email": f"{username}-{run}@example.com"}
+                    "/api/v1/users",
+                    json={
+                        "username": f"{username}-{run}",
+                        "email": f"{username}-{run}@example.com",
+                    },
                 )
                 user.raise_for_status()
-                conv = await client.post("/api/v1/conversations", json={"user_id": user.json()["id"], **options})
+                conv = await client.post(
+                    "/api/v1/conversations", json={"user_id": user.json()["id"], **options}
+                )
                 conv.raise_for_status()
                 cid = conv.json()["id"]
                 conversation_ids.append(cid)
@@ -111,7 +139,9 @@ async def run_demo(config: TelemetryConfig, settings: ServiceSettings, turns: in
                 with Progress(console=console) as progress:
                     task = progress.add_task("chat turns", total=turns)
                     for i in range(turns):
-                        status = await _turn(client, conversation_ids[0], f"Turn {i}: calculate {i}+1", i % 5 == 4)
+                        status = await _turn(
+                            client, conversation_ids[0], f"Turn {i}: calculate {i}+1", i % 5 == 4
+                        )
                         if status >= 400:
                             failures.append(f"extra turn {i} answered {status}")
                         progress.advance(task)
@@ -120,16 +150,25 @@ async def run_demo(config: TelemetryConfig, settings: ServiceSettings, turns: in
             conversations, messages = [], {}
             for cid in conversation_ids:
                 conversations.append((await client.get(f"/api/v1/conversations/{cid}")).json())
-                messages[cid] = (await client.get(f"/api/v1/conversations/{cid}/messages?limit=500")).json()
+                messages[cid] = (
+                    await client.get(f"/api/v1/conversations/{cid}/messages?limit=500")
+                ).json()
             _print(console, conversations, messages)
             for conv in conversations:
                 rows = messages[conv["id"]]
                 if conv["message_count"] != len(rows):
-                    failures.append(f"conversation {conv['id']}: message_count {conv['message_count']} != {len(rows)}")
+                    failures.append(
+                        f"conversation {conv['id']}: message_count "
+                        f"{conv['message_count']} != {len(rows)}"
+                    )
                 if conv["total_tokens"] != sum(m["total_tokens"] or 0 for m in rows):
                     failures.append(f"conversation {conv['id']}: total_tokens does not add up")
                 for m in rows:
-                    if m["role"] == "ASSISTANT" and m["error_message"] is None and m["total_tokens"] is None:
+                    if (
+                        m["role"] == "ASSISTANT"
+                        and m["error_message"] is None
+                        and m["total_tokens"] is None
+                    ):
                         failures.append(f"message {m['id']}: usage was not written back")
     finally:
         telemetry.shutdown()
@@ -139,5 +178,3 @@ async def run_demo(config: TelemetryConfig, settings: ServiceSettings, turns: in
         return 1
     console.print("demo ok: every assistant message carries its tokens and cost")
     return 0
-
-

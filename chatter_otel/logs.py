@@ -57,7 +57,11 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> logging.Hand
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
-        processors=[*shared[:4], add_trace_context, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            *shared[:4],
+            add_trace_context,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,

@@ -118,7 +118,7 @@ class _Scope(Generic[H]):
         return wrapper  # type: ignore[return-value]
 
 
-class workflow_span(_Scope[Span]):  # noqa: N801 - used like a function
+class workflow_span(_Scope[Span]):
     """``invoke_workflow {name}``: one chat turn, owner of its model calls' usage.
 
     ``message_id`` is the id of the assistant message the turn will produce; generate it
@@ -287,7 +287,7 @@ class ModelCall:
             turn.priced_calls += 1
 
 
-class model_span(_Scope[ModelCall]):  # noqa: N801 - used like a function
+class model_span(_Scope[ModelCall]):
     """``chat {model}`` (CLIENT): one LLM call. Record its response with ``.record()``."""
 
     def __init__(
@@ -344,7 +344,7 @@ class model_span(_Scope[ModelCall]):  # noqa: N801 - used like a function
         runtime.instruments.operation_duration.record(time.perf_counter() - self._started, attrs)
 
 
-class tool_span(_Scope[Span]):  # noqa: N801 - used like a function
+class tool_span(_Scope[Span]):
     """``execute_tool {name}``: one tool call made on the model's behalf."""
 
     def __init__(self, name: str, *, call_id: str | None = None) -> None:

@@ -244,7 +244,9 @@ def setup_telemetry(
         if _active is not None:
             return _active
         config = config or TelemetryConfig.from_env(**overrides)
-        handle = _build(config, tracer_provider, meter_provider, set_global, configure_logs, pricing)
+        handle = _build(
+            config, tracer_provider, meter_provider, set_global, configure_logs, pricing
+        )
         _active = handle
         return handle
 
@@ -280,7 +282,6 @@ def _build(
         if set_global:
             metrics.set_meter_provider(meter_provider)
     handle.meter_provider = meter_provider
-
 
     existing_tp = trace.get_tracer_provider()
     if tracer_provider is None and isinstance(existing_tp, TracerProvider):

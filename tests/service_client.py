@@ -20,23 +20,31 @@ class Api:
     client: httpx.AsyncClient
 
     async def user(self, name: str = "alice") -> str:
-        r = await self.client.post("/api/v1/users", json={"username": name, "email": f"{name}@example.com"})
+        r = await self.client.post(
+            "/api/v1/users", json={"username": name, "email": f"{name}@example.com"}
+        )
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
 
     async def conversation(self, user_id: str | None = None, **options: Any) -> str:
         user_id = user_id or await self.user()
-        r = await self.client.post("/api/v1/conversations", json={"user_id": user_id, "title": "t", **options})
+        r = await self.client.post(
+            "/api/v1/conversations", json={"user_id": user_id, "title": "t", **options}
+        )
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
 
     async def say(self, cid: str, content: str, **extra: Any) -> httpx.Response:
-        return await self.client.post(f"/api/v1/conversations/{cid}/messages", json={"content": content, **extra})
+        return await self.client.post(
+            f"/api/v1/conversations/{cid}/messages", json={"content": content, **extra}
+        )
 
     async def stream(self, cid: str, content: str, **extra: Any) -> list[tuple[str, Any]]:
         events: list[tuple[str, Any]] = []
         async with self.client.stream(
-            "POST", f"/api/v1/conversations/{cid}/messages/stream", json={"content": content, **extra}
+            "POST",
+            f"/api/v1/conversations/{cid}/messages/stream",
+            json={"content": content, **extra},
         ) as r:
             assert r.status_code == 200, await r.aread()
             body = "".join([c async for c in r.aiter_text()])
@@ -57,9 +65,14 @@ class Api:
 
 
 @asynccontextmanager
-async def running_service(database_url: str, telemetry: Telemetry, **settings: Any) -> AsyncIterator[Api]:
+async def running_service(
+    database_url: str, telemetry: Telemetry, **settings: Any
+) -> AsyncIterator[Api]:
     app = create_app(ServiceSettings(DATABASE_URL=database_url, **settings), telemetry)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://chatter.test", timeout=30
-    ) as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://chatter.test", timeout=30
+        ) as client,
+    ):
         yield Api(client)

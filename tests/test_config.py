@@ -53,32 +53,114 @@ def test_writeback_url_wins_over_database_url() -> None:
 
 
 def test_arguments_override_the_environment() -> None:
-    config = TelemetryConfig.from_env({"CHATTER_OTEL_CAPTURE_CONTENT": "true"}, capture_content=False)
+    config = TelemetryConfig.from_env(
+        {"CHATTER_OTEL_CAPTURE_CONTENT": "true"}, capture_content=False
+    )
     assert config.capture_content is False
 
 
 INVALID = [
     ("OTEL_SDK_DISABLED", "maybe", "invalid OTEL_SDK_DISABLED='maybe': expected true or false"),
-    ("OTEL_TRACES_SAMPLER", "sometimes", "invalid OTEL_TRACES_SAMPLER='sometimes': expected one of always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio"),
-    ("OTEL_TRACES_SAMPLER_ARG", "1.5", "invalid OTEL_TRACES_SAMPLER_ARG='1.5': expected a number between 0 and 1"),
-    ("OTEL_TRACES_EXPORTER", "jaeger", "invalid OTEL_TRACES_EXPORTER='jaeger': expected a comma-separated list of otlp, console, none"),
-    ("OTEL_METRICS_EXPORTER", "statsd", "invalid OTEL_METRICS_EXPORTER='statsd': expected a comma-separated list of otlp, prometheus, console, none"),
-    ("OTEL_LOGS_EXPORTER", "otlp,none", "invalid OTEL_LOGS_EXPORTER='otlp,none': expected a comma-separated list of otlp, console, none"),
-    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "invalid OTEL_EXPORTER_OTLP_PROTOCOL='http/json': expected one of grpc, http/protobuf"),
-    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "udp", "invalid OTEL_EXPORTER_OTLP_TRACES_PROTOCOL='udp': expected one of grpc, http/protobuf"),
-    ("OTEL_METRIC_EXPORT_INTERVAL", "soon", "invalid OTEL_METRIC_EXPORT_INTERVAL='soon': expected an integer between 1 and 8.64e+07"),
-    ("OTEL_BSP_MAX_QUEUE_SIZE", "-1", "invalid OTEL_BSP_MAX_QUEUE_SIZE='-1': expected an integer between 1 and 1e+07"),
-    ("OTEL_PYTHON_LOG_CORRELATION", "yes please", "invalid OTEL_PYTHON_LOG_CORRELATION='yes please': expected true or false"),
-    ("CHATTER_OTEL_CAPTURE_CONTENT", "2", "invalid CHATTER_OTEL_CAPTURE_CONTENT='2': expected true or false"),
-    ("CHATTER_OTEL_LOG_FORMAT", "xml", "invalid CHATTER_OTEL_LOG_FORMAT='xml': expected one of console, json"),
-    ("CHATTER_OTEL_LOG_LEVEL", "LOUD", "invalid CHATTER_OTEL_LOG_LEVEL='LOUD': expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
-    ("CHATTER_OTEL_PRICES_FILE", "/nonexistent/prices.yaml", "invalid CHATTER_OTEL_PRICES_FILE='/nonexistent/prices.yaml': expected the path of a readable YAML or JSON file"),
-    ("CHATTER_OTEL_INSTRUMENT_LANGCHAIN", "perhaps", "invalid CHATTER_OTEL_INSTRUMENT_LANGCHAIN='perhaps': expected true or false"),
-    ("CHATTER_OTEL_WRITEBACK", "nope", "invalid CHATTER_OTEL_WRITEBACK='nope': expected true or false"),
-    ("CHATTER_OTEL_WRITEBACK_FLUSH_INTERVAL", "0", "invalid CHATTER_OTEL_WRITEBACK_FLUSH_INTERVAL='0': expected a number between 0.01 and 60"),
-    ("CHATTER_OTEL_WRITEBACK_MESSAGE_TTL", "nan", "invalid CHATTER_OTEL_WRITEBACK_MESSAGE_TTL='nan': expected a number between 0 and 604800"),
-    ("CHATTER_OTEL_WRITEBACK_MAX_QUEUE", "1.5", "invalid CHATTER_OTEL_WRITEBACK_MAX_QUEUE='1.5': expected an integer between 100 and 1e+07"),
-    ("CHATTER_OTEL_WRITEBACK_URL", "mysql://u@h/db", "invalid CHATTER_OTEL_WRITEBACK_URL='mysql://***@h/db': expected postgresql://, postgresql+asyncpg://, postgresql+psycopg://, sqlite:///PATH, sqlite+aiosqlite:///PATH"),
+    (
+        "OTEL_TRACES_SAMPLER",
+        "sometimes",
+        "invalid OTEL_TRACES_SAMPLER='sometimes': expected one of always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio",
+    ),
+    (
+        "OTEL_TRACES_SAMPLER_ARG",
+        "1.5",
+        "invalid OTEL_TRACES_SAMPLER_ARG='1.5': expected a number between 0 and 1",
+    ),
+    (
+        "OTEL_TRACES_EXPORTER",
+        "jaeger",
+        "invalid OTEL_TRACES_EXPORTER='jaeger': expected a comma-separated list of otlp, console, none",
+    ),
+    (
+        "OTEL_METRICS_EXPORTER",
+        "statsd",
+        "invalid OTEL_METRICS_EXPORTER='statsd': expected a comma-separated list of otlp, prometheus, console, none",
+    ),
+    (
+        "OTEL_LOGS_EXPORTER",
+        "otlp,none",
+        "invalid OTEL_LOGS_EXPORTER='otlp,none': expected a comma-separated list of otlp, console, none",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "http/json",
+        "invalid OTEL_EXPORTER_OTLP_PROTOCOL='http/json': expected one of grpc, http/protobuf",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "udp",
+        "invalid OTEL_EXPORTER_OTLP_TRACES_PROTOCOL='udp': expected one of grpc, http/protobuf",
+    ),
+    (
+        "OTEL_METRIC_EXPORT_INTERVAL",
+        "soon",
+        "invalid OTEL_METRIC_EXPORT_INTERVAL='soon': expected an integer between 1 and 8.64e+07",
+    ),
+    (
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+        "-1",
+        "invalid OTEL_BSP_MAX_QUEUE_SIZE='-1': expected an integer between 1 and 1e+07",
+    ),
+    (
+        "OTEL_PYTHON_LOG_CORRELATION",
+        "yes please",
+        "invalid OTEL_PYTHON_LOG_CORRELATION='yes please': expected true or false",
+    ),
+    (
+        "CHATTER_OTEL_CAPTURE_CONTENT",
+        "2",
+        "invalid CHATTER_OTEL_CAPTURE_CONTENT='2': expected true or false",
+    ),
+    (
+        "CHATTER_OTEL_LOG_FORMAT",
+        "xml",
+        "invalid CHATTER_OTEL_LOG_FORMAT='xml': expected one of console, json",
+    ),
+    (
+        "CHATTER_OTEL_LOG_LEVEL",
+        "LOUD",
+        "invalid CHATTER_OTEL_LOG_LEVEL='LOUD': expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+    ),
+    (
+        "CHATTER_OTEL_PRICES_FILE",
+        "/nonexistent/prices.yaml",
+        "invalid CHATTER_OTEL_PRICES_FILE='/nonexistent/prices.yaml': expected the path of a readable YAML or JSON file",
+    ),
+    (
+        "CHATTER_OTEL_INSTRUMENT_LANGCHAIN",
+        "perhaps",
+        "invalid CHATTER_OTEL_INSTRUMENT_LANGCHAIN='perhaps': expected true or false",
+    ),
+    (
+        "CHATTER_OTEL_WRITEBACK",
+        "nope",
+        "invalid CHATTER_OTEL_WRITEBACK='nope': expected true or false",
+    ),
+    (
+        "CHATTER_OTEL_WRITEBACK_FLUSH_INTERVAL",
+        "0",
+        "invalid CHATTER_OTEL_WRITEBACK_FLUSH_INTERVAL='0': expected a number between 0.01 and 60",
+    ),
+    (
+        "CHATTER_OTEL_WRITEBACK_MESSAGE_TTL",
+        "nan",
+        "invalid CHATTER_OTEL_WRITEBACK_MESSAGE_TTL='nan': expected a number between 0 and 604800",
+    ),
+    (
+        "CHATTER_OTEL_WRITEBACK_MAX_QUEUE",
+        "1.5",
+        "invalid CHATTER_OTEL_WRITEBACK_MAX_QUEUE='1.5': expected an integer between 100 and 1e+07",
+    ),
+    (
+        "CHATTER_OTEL_WRITEBACK_URL",
+        "mysql://u@h/db",
+        "invalid CHATTER_OTEL_WRITEBACK_URL='mysql://***@h/db': expected postgresql://, postgresql+asyncpg://, postgresql+psycopg://, sqlite:///PATH, sqlite+aiosqlite:///PATH",
+    ),
 ]
 
 
@@ -98,7 +180,9 @@ def test_database_password_never_appears_in_the_error() -> None:
     assert "s3cret" not in str(info.value)
 
 
-def test_cli_stops_with_exit_2_and_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_stops_with_exit_2_and_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "sometimes")
     assert main(["check-config"]) == 2
     err = capsys.readouterr().err
@@ -106,7 +190,9 @@ def test_cli_stops_with_exit_2_and_one_line(monkeypatch: pytest.MonkeyPatch, cap
     assert err.startswith("chatter-otel: invalid OTEL_TRACES_SAMPLER='sometimes'")
 
 
-def test_cli_rejects_bad_service_setting(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_rejects_bad_service_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("CHATTER_PORT", "99999")
     with pytest.raises(SystemExit) as info:
         main(["check-config"])
@@ -114,7 +200,9 @@ def test_cli_rejects_bad_service_setting(monkeypatch: pytest.MonkeyPatch, capsys
     assert capsys.readouterr().err.startswith("chatter-otel: invalid CHATTER_PORT='99999'")
 
 
-def test_check_config_masks_secrets(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_check_config_masks_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://chatter:hunter2@db:5432/chatter")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-live-abcdef")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20xyz")

@@ -10,8 +10,8 @@ import pytest
 import structlog
 from opentelemetry import trace
 
-from chatter_otel import conventions as c
 from chatter_otel import configure_logging, workflow_span
+from chatter_otel import conventions as c
 from chatter_otel.testing import capture_telemetry
 from tests.service_client import running_service
 
@@ -27,11 +27,13 @@ def test_stdlib_records_inside_a_span_carry_its_ids(caplog: pytest.LogCaptureFix
     with capture_telemetry(), workflow_span("chat"):
         logging.getLogger("chatter.test").warning("inside")
         trace_id, span_id = _ids()
-    record = [r for r in caplog.records if r.getMessage() == "inside"][0]
+    record = next(r for r in caplog.records if r.getMessage() == "inside")
     assert (record.otelTraceID, record.otelSpanID) == (trace_id, span_id)  # type: ignore[attr-defined]
 
 
-def test_json_lines_carry_trace_id_for_stdlib_and_structlog(capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_lines_carry_trace_id_for_stdlib_and_structlog(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     with capture_telemetry():
         handler = configure_logging("json", "INFO")
         try:
@@ -42,7 +44,9 @@ def test_json_lines_carry_trace_id_for_stdlib_and_structlog(capsys: pytest.Captu
             logging.getLogger("chatter.stdlib").warning("outside")
         finally:
             logging.getLogger().removeHandler(handler)
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    lines = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+    ]
     by_event = {line["event"]: line for line in lines}
     for event in ("from stdlib", "from structlog"):
         assert (by_event[event]["trace_id"], by_event[event]["span_id"]) == (trace_id, span_id)
@@ -67,5 +71,9 @@ async def test_content_capture_puts_prompt_and_completion_on_the_model_span(tmp_
         async with running_service(f"sqlite:///{tmp_path}/c.db", cap.telemetry) as api:
             await api.say(await api.conversation(), "hello you")
         attrs = cap.span("chat offline-echo-1").attributes or {}
-    assert json.loads(str(attrs[c.GEN_AI_INPUT_MESSAGES])) == [{"role": "human", "content": "hello you"}]
-    assert json.loads(str(attrs[c.GEN_AI_OUTPUT_MESSAGES])) == [{"role": "ai", "content": "You said: hello you"}]
+    assert json.loads(str(attrs[c.GEN_AI_INPUT_MESSAGES])) == [
+        {"role": "human", "content": "hello you"}
+    ]
+    assert json.loads(str(attrs[c.GEN_AI_OUTPUT_MESSAGES])) == [
+        {"role": "ai", "content": "You said: hello you"}
+    ]

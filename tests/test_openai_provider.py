@@ -43,7 +43,9 @@ async def api(tmp_path: Path, cap: CapturedTelemetry, fake: FakeOpenAIServer) ->
         yield api
 
 
-async def test_openai_turn_records_the_reported_usage_and_cost(api: Api, cap: CapturedTelemetry) -> None:
+async def test_openai_turn_records_the_reported_usage_and_cost(
+    api: Api, cap: CapturedTelemetry
+) -> None:
     cid = await api.conversation(llm_provider="openai")
     r = await api.say(cid, "hello there")
     assert r.status_code == 201
@@ -85,7 +87,9 @@ async def test_cached_prompt_tokens_are_reported_as_a_subset(
     assert attrs[c.GEN_AI_USAGE_INPUT_TOKENS] == 5
     assert attrs[c.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 4
     # 1 uncached at $0.15/M, 4 cached at $0.075/M, 3 output at $0.60/M
-    assert attrs[c.GEN_AI_USAGE_COST] == pytest.approx(1 * 0.15e-6 + 4 * 0.075e-6 + 3 * 0.6e-6, abs=1e-15)
+    assert attrs[c.GEN_AI_USAGE_COST] == pytest.approx(
+        1 * 0.15e-6 + 4 * 0.075e-6 + 3 * 0.6e-6, abs=1e-15
+    )
 
 
 async def test_interrupted_stream_has_no_usage_and_fails_the_turn(
@@ -100,7 +104,9 @@ async def test_interrupted_stream_has_no_usage_and_fails_the_turn(
     assert attrs[c.ERROR_TYPE] == "OpenAIConnectionError"
 
 
-async def test_provider_error_status_is_a_502(api: Api, cap: CapturedTelemetry, fake: FakeOpenAIServer) -> None:
+async def test_provider_error_status_is_a_502(
+    api: Api, cap: CapturedTelemetry, fake: FakeOpenAIServer
+) -> None:
     fake.fail_with_status = 500
     cid = await api.conversation(llm_provider="openai")
     r = await api.say(cid, "hello")

@@ -35,7 +35,9 @@ def _free_port() -> int:
 
 
 def _prometheus_binary() -> str:
-    found = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
+    found = shutil.which("prometheus") or (
+        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
+    )
     if found:
         return found
     if os.environ.get("CI", "").lower() == "true":
@@ -59,21 +61,45 @@ def _wait(url: str, deadline_s: float, proc: subprocess.Popen[bytes]) -> None:
 
 def _workload(base: str, phase: int) -> None:
     with httpx.Client(base_url=base, timeout=30) as client:
-        user = client.post("/api/v1/users", json={"username": f"prom{phase}", "email": f"p{phase}@example.com"}).json()
-        priced = client.post("/api/v1/conversations", json={"user_id": user["id"], "title": "priced"}).json()["id"]
+        user = client.post(
+            "/api/v1/users", json={"username": f"prom{phase}", "email": f"p{phase}@example.com"}
+        ).json()
+        priced = client.post(
+            "/api/v1/conversations", json={"user_id": user["id"], "title": "priced"}
+        ).json()["id"]
         unpriced = client.post(
-            "/api/v1/conversations", json={"user_id": user["id"], "title": "unpriced", "llm_model": "mystery-model"}
+            "/api/v1/conversations",
+            json={"user_id": user["id"], "title": "unpriced", "llm_model": "mystery-model"},
         ).json()["id"]
         for content in ("hello there", "please calculate 6*7", "what is (1+2)*3"):
-            assert client.post(f"/api/v1/conversations/{priced}/messages", json={"content": content}).status_code == 201
-        with client.stream("POST", f"/api/v1/conversations/{priced}/messages/stream", json={"content": "stream me"}) as r:
+            assert (
+                client.post(
+                    f"/api/v1/conversations/{priced}/messages", json={"content": content}
+                ).status_code
+                == 201
+            )
+        with client.stream(
+            "POST", f"/api/v1/conversations/{priced}/messages/stream", json={"content": "stream me"}
+        ) as r:
             assert "event: message" in r.read().decode()
-        assert client.post(f"/api/v1/conversations/{unpriced}/messages", json={"content": "hi"}).status_code == 201
-        assert client.post(f"/api/v1/conversations/{priced}/messages", json={"content": "boom #fail"}).status_code == 502
+        assert (
+            client.post(
+                f"/api/v1/conversations/{unpriced}/messages", json={"content": "hi"}
+            ).status_code
+            == 201
+        )
+        assert (
+            client.post(
+                f"/api/v1/conversations/{priced}/messages", json={"content": "boom #fail"}
+            ).status_code
+            == 502
+        )
 
 
 def _scrapes(prom: str) -> float:
-    r = httpx.get(f"{prom}/api/v1/query", params={"query": 'count_over_time(up{job="chatter"}[10m])'})
+    r = httpx.get(
+        f"{prom}/api/v1/query", params={"query": 'count_over_time(up{job="chatter"}[10m])'}
+    )
     result = r.json()["data"]["result"]
     return float(result[0]["value"][1]) if result else 0.0
 
@@ -101,12 +127,19 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     }
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     service = subprocess.Popen(
-        [sys.executable, "-m", "chatter_otel.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "chatter_otel.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     config = {
         "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "evaluation_interval": "1s"},
         "scrape_configs": [
-            {"job_name": "chatter", "metrics_path": "/metrics", "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}]}
+            {
+                "job_name": "chatter",
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}],
+            }
         ],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))

@@ -20,7 +20,9 @@ def captured() -> AsyncIterator[CapturedTelemetry]:
 
 @pytest.fixture
 async def api(db_url: URL, captured: CapturedTelemetry) -> AsyncIterator[Api]:
-    async with running_service(db_url.render_as_string(hide_password=False), captured.telemetry) as api:
+    async with running_service(
+        db_url.render_as_string(hide_password=False), captured.telemetry
+    ) as api:
         yield api
 
 
@@ -44,7 +46,12 @@ async def test_tool_calling_turn_stores_both_messages_with_the_tool_call(api: Ap
     assert [m["role"] for m in rows] == ["USER", "ASSISTANT"]
     assert rows[1]["content"] == "The result is 84."
     assert rows[1]["tool_calls"] == [
-        {"id": rows[1]["tool_calls"][0]["id"], "name": "calculator", "arguments": '{"expression": "12*7"}', "result": "84"}
+        {
+            "id": rows[1]["tool_calls"][0]["id"],
+            "name": "calculator",
+            "arguments": '{"expression": "12*7"}',
+            "result": "84",
+        }
     ]
 
 
@@ -82,7 +89,9 @@ async def test_failed_turn_answers_502_and_stores_the_error(api: Api) -> None:
     assert r.status_code == 502
     rows = await api.messages(cid)
     assert rows[1]["id"] == r.json()["message_id"]
-    assert rows[1]["error_message"] == "OfflineModelError: offline provider failure requested by #fail"
+    assert (
+        rows[1]["error_message"] == "OfflineModelError: offline provider failure requested by #fail"
+    )
 
 
 async def test_unknown_conversation_is_404(api: Api) -> None:
@@ -129,7 +138,9 @@ async def test_openai_without_a_key_is_422_and_stores_nothing(api: Api) -> None:
 async def test_malformed_json_is_422(api: Api) -> None:
     cid = await api.conversation()
     r = await api.client.post(
-        f"/api/v1/conversations/{cid}/messages", content=b"{not json", headers={"content-type": "application/json"}
+        f"/api/v1/conversations/{cid}/messages",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
     )
     assert r.status_code == 422
 

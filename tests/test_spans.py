@@ -34,10 +34,14 @@ async def api(tmp_path: Any, cap: CapturedTelemetry) -> AsyncIterator[Api]:
 
 
 def _children(spans: list[ReadableSpan], parent: ReadableSpan) -> list[str]:
-    return [s.name for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id]
+    return [
+        s.name for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id
+    ]
 
 
-async def test_plain_turn_spans_nest_server_workflow_model(api: Api, cap: CapturedTelemetry) -> None:
+async def test_plain_turn_spans_nest_server_workflow_model(
+    api: Api, cap: CapturedTelemetry
+) -> None:
     cid = await api.conversation()
     await api.say(cid, "Hello there")
     spans = cap.spans()
@@ -88,7 +92,9 @@ async def test_model_span_carries_usage_cost_and_provider(api: Api, cap: Capture
     }
 
 
-async def test_streamed_turn_records_usage_from_the_last_chunk(api: Api, cap: CapturedTelemetry) -> None:
+async def test_streamed_turn_records_usage_from_the_last_chunk(
+    api: Api, cap: CapturedTelemetry
+) -> None:
     cid = await api.conversation()
     await api.stream(cid, "Hello there")
     attrs = dict(cap.span("chat offline-echo-1").attributes or {})
@@ -99,18 +105,30 @@ async def test_streamed_turn_records_usage_from_the_last_chunk(api: Api, cap: Ca
     assert cap.span("invoke_workflow chat").attributes[c.CHATTER_STREAMING] is True  # type: ignore[index]
 
 
-async def test_tool_turn_has_two_model_calls_and_a_tool_span(api: Api, cap: CapturedTelemetry) -> None:
+async def test_tool_turn_has_two_model_calls_and_a_tool_span(
+    api: Api, cap: CapturedTelemetry
+) -> None:
     cid = await api.conversation()
     await api.say(cid, "Please calculate 12*7")
     spans = cap.spans()
     workflow = cap.span("invoke_workflow chat")
-    assert _children(spans, workflow) == ["chat offline-echo-1", "execute_tool calculator", "chat offline-echo-1"]
+    assert _children(spans, workflow) == [
+        "chat offline-echo-1",
+        "execute_tool calculator",
+        "chat offline-echo-1",
+    ]
     first, second = [s for s in spans if s.name == "chat offline-echo-1"]
     assert first.attributes[c.GEN_AI_RESPONSE_FINISH_REASONS] == ("tool_calls",)  # type: ignore[index]
     # "Please calculate 12*7" = 5 tokens + 3; the call {'expression': '12*7'} = 11 tokens
-    assert (first.attributes[c.GEN_AI_USAGE_INPUT_TOKENS], first.attributes[c.GEN_AI_USAGE_OUTPUT_TOKENS]) == (8, 11)  # type: ignore[index]
+    assert (
+        first.attributes[c.GEN_AI_USAGE_INPUT_TOKENS],
+        first.attributes[c.GEN_AI_USAGE_OUTPUT_TOKENS],
+    ) == (8, 11)  # type: ignore[index]
     # + the AI message (0 text tokens + 3) and the tool result "84" (1 + 3); "The result is 84." = 5
-    assert (second.attributes[c.GEN_AI_USAGE_INPUT_TOKENS], second.attributes[c.GEN_AI_USAGE_OUTPUT_TOKENS]) == (15, 5)  # type: ignore[index]
+    assert (
+        second.attributes[c.GEN_AI_USAGE_INPUT_TOKENS],
+        second.attributes[c.GEN_AI_USAGE_OUTPUT_TOKENS],
+    ) == (15, 5)  # type: ignore[index]
     tool = cap.span("execute_tool calculator")
     assert dict(tool.attributes or {}) == {
         c.GEN_AI_OPERATION_NAME: "execute_tool",
@@ -122,7 +140,9 @@ async def test_tool_turn_has_two_model_calls_and_a_tool_span(api: Api, cap: Capt
     assert turn_cost.sum == pytest.approx((8 + 15) * 0.5e-6 + (11 + 5) * 1.5e-6, abs=1e-15)
 
 
-async def test_failed_turn_marks_workflow_and_model_spans_as_errors(api: Api, cap: CapturedTelemetry) -> None:
+async def test_failed_turn_marks_workflow_and_model_spans_as_errors(
+    api: Api, cap: CapturedTelemetry
+) -> None:
     cid = await api.conversation()
     await api.say(cid, "break #fail")
     workflow, model = cap.span("invoke_workflow chat"), cap.span("chat offline-echo-1")
@@ -130,9 +150,16 @@ async def test_failed_turn_marks_workflow_and_model_spans_as_errors(api: Api, ca
         assert span.status.status_code is StatusCode.ERROR
         assert span.attributes[c.ERROR_TYPE] == "OfflineModelError"  # type: ignore[index]
         assert "exception" in [e.name for e in span.events]
-    assert [e.name for e in workflow.events] == [c.EVENT_WORKFLOW_STARTED, c.EVENT_WORKFLOW_FAILED, "exception"]
+    assert [e.name for e in workflow.events] == [
+        c.EVENT_WORKFLOW_STARTED,
+        c.EVENT_WORKFLOW_FAILED,
+        "exception",
+    ]
     assert workflow.attributes[c.CHATTER_WORKFLOW_OUTCOME] == "error"  # type: ignore[index]
-    point = cap.point(c.METRIC_WORKFLOW_DURATION, {c.GEN_AI_WORKFLOW_NAME: "chat", c.ATTR_WORKFLOW_OUTCOME: "error"})
+    point = cap.point(
+        c.METRIC_WORKFLOW_DURATION,
+        {c.GEN_AI_WORKFLOW_NAME: "chat", c.ATTR_WORKFLOW_OUTCOME: "error"},
+    )
     assert point.count == 1
     duration = cap.point(
         c.METRIC_OPERATION_DURATION,
@@ -223,17 +250,33 @@ def test_token_metric_has_convention_attributes_and_buckets(cap: CapturedTelemet
     assert tuple(input_point.explicit_bounds) == c.METRIC_TOKEN_USAGE_BUCKETS
     duration = cap.points(c.METRIC_OPERATION_DURATION)[0]
     assert tuple(duration.explicit_bounds) == c.METRIC_OPERATION_DURATION_BUCKETS
-    cost = cap.point(c.METRIC_LLM_COST, {c.GEN_AI_PROVIDER_NAME: "offline", c.GEN_AI_REQUEST_MODEL: "offline-echo-1"})
+    cost = cap.point(
+        c.METRIC_LLM_COST,
+        {c.GEN_AI_PROVIDER_NAME: "offline", c.GEN_AI_REQUEST_MODEL: "offline-echo-1"},
+    )
     assert cost.value == pytest.approx(7 * 0.5e-6 + 3 * 1.5e-6, abs=1e-15)
 
 
 def test_metrics_carry_no_conversation_or_user_ids(cap: CapturedTelemetry) -> None:
-    with workflow_span("chat", conversation_id="01ARZ3NDEKTSV4RRFFQ69G5FAV", user_id="01ARZ3NDEKTSV4RRFFQ69G5FAW"):
-        with model_span(provider="offline", model="offline-echo-1") as call:
-            call.record(AIMessage(content="x", usage_metadata={"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}))
+    with workflow_span(
+        "chat", conversation_id="01ARZ3NDEKTSV4RRFFQ69G5FAV", user_id="01ARZ3NDEKTSV4RRFFQ69G5FAW"
+    ), model_span(provider="offline", model="offline-echo-1") as call:
+        call.record(
+            AIMessage(
+                content="x",
+                usage_metadata={"input_tokens": 1, "output_tokens": 1, "total_tokens": 2},
+            )
+        )
     data = cap.reader.get_metrics_data()
     assert data is not None
-    keys = {k for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics for p in m.data.data_points for k in p.attributes}
+    keys = {
+        k
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        for p in m.data.data_points
+        for k in p.attributes
+    }
     assert not [k for k in keys if k.startswith("chatter.") or k.endswith(".id")]
 
 
@@ -258,7 +301,10 @@ async def test_every_response_carries_traceresponse(api: Api, cap: CapturedTelem
     r = await api.client.get("/api/v1/conversations")
     server = cap.span("GET /api/v1/conversations")
     ctx = server.context
-    assert r.headers["traceresponse"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    assert (
+        r.headers["traceresponse"]
+        == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    )
     assert int(r.headers["traceresponse"][-2:], 16) & 0x01 == 0x01  # sampled
 
 

@@ -116,8 +116,9 @@ class MessageOut(BaseModel):
 
     @classmethod
     def of(cls, row: Message) -> MessageOut:
-        data = {k: getattr(row, k, None) for k in cls.model_fields if k != "role"}
-        return cls(role=row.role.name, **data)
+        data: dict[str, Any] = {k: getattr(row, k, None) for k in cls.model_fields}
+        data["role"] = row.role.name
+        return cls.model_validate(data)
 
 
 class BodyLimitMiddleware:
@@ -159,9 +160,7 @@ def create_app(
 
     def _content(body: MessageIn) -> str:
         if len(body.content) > settings.max_content_chars:
-            raise HTTPException(
-                422, f"content longer than {settings.max_content_chars} characters"
-            )
+            raise HTTPException(422, f"content longer than {settings.max_content_chars} characters")
         return body.content
 
     @app.exception_handler(NotFound)

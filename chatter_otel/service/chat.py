@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -19,12 +19,18 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from chatter_otel.conventions import CHATTER_STREAMING
 from chatter_otel.service.db import Database
 from chatter_otel.service.llm import DEFAULT_MODELS, make_chat_model, validate_provider
 from chatter_otel.service.models import Conversation, Message, MessageRole, User, new_ulid
 from chatter_otel.service.settings import ServiceSettings
-from chatter_otel.service.workflow import WORKFLOW_NAME, TurnInput, TurnResult, run_turn, stream_turn
-from chatter_otel.conventions import CHATTER_STREAMING
+from chatter_otel.service.workflow import (
+    WORKFLOW_NAME,
+    TurnInput,
+    TurnResult,
+    run_turn,
+    stream_turn,
+)
 from chatter_otel.spans import workflow_span
 
 logger = logging.getLogger("chatter.chat")
@@ -81,13 +87,17 @@ class ChatService:
     async def list_conversations(
         self, user_id: str | None, limit: int, offset: int
     ) -> Sequence[Conversation]:
-        query = select(Conversation).order_by(Conversation.created_at.desc(), Conversation.id.desc())
+        query = select(Conversation).order_by(
+            Conversation.created_at.desc(), Conversation.id.desc()
+        )
         if user_id:
             query = query.where(Conversation.user_id == user_id)
         async with self.db.sessions() as session:
             return (await session.scalars(query.limit(limit).offset(offset))).all()
 
-    async def list_messages(self, conversation_id: str, limit: int, offset: int) -> Sequence[Message]:
+    async def list_messages(
+        self, conversation_id: str, limit: int, offset: int
+    ) -> Sequence[Message]:
         await self.get_conversation(conversation_id)
         query = (
             select(Message)
@@ -104,8 +114,10 @@ class ChatService:
         cid = message.conversation_id
         if not self.db.is_sqlite:
             # Serialises writers of one conversation so sequence numbers never collide.
-            await session.execute(select(Conversation.id).where(Conversation.id == cid).with_for_update())
-        message.sequence_number = await session.scalar(
+            await session.execute(
+                select(Conversation.id).where(Conversation.id == cid).with_for_update()
+            )
+        message.sequence_number = await session.scalar(  # type: ignore[assignment]
             select(func.coalesce(func.max(Message.sequence_number) + 1, 0)).where(
                 Message.conversation_id == cid
             )
@@ -161,8 +173,12 @@ class ChatService:
     def _turn_input(
         self, conversation: Conversation, provider: str | None, model: str | None, streaming: bool
     ) -> TurnInput:
-        provider = validate_provider(provider or conversation.llm_provider or self.settings.default_provider)
-        if model is None and provider == (conversation.llm_provider or self.settings.default_provider):
+        provider = validate_provider(
+            provider or conversation.llm_provider or self.settings.default_provider
+        )
+        if model is None and provider == (
+            conversation.llm_provider or self.settings.default_provider
+        ):
             model = conversation.llm_model
         model = model or DEFAULT_MODELS[provider]
         return TurnInput(
@@ -174,17 +190,31 @@ class ChatService:
         )
 
     async def _begin_turn(
-        self, conversation_id: str, content: str, provider: str | None, model: str | None, streaming: bool
+        self,
+        conversation_id: str,
+        content: str,
+        provider: str | None,
+        model: str | None,
+        streaming: bool,
     ) -> tuple[Conversation, TurnInput, list[BaseMessage]]:
         conversation = await self.get_conversation(conversation_id)
         turn = self._turn_input(conversation, provider, model, streaming)
         await self.add_message(
-            Message(id=new_ulid(), conversation_id=conversation.id, role=MessageRole.USER, content=content)
+            Message(
+                id=new_ulid(),
+                conversation_id=conversation.id,
+                role=MessageRole.USER,
+                content=content,
+            )
         )
         return conversation, turn, await self._history(conversation)
 
     async def _finish_turn(
-        self, conversation: Conversation, message_id: str, result: TurnResult | None, error: BaseException | None
+        self,
+        conversation: Conversation,
+        message_id: str,
+        result: TurnResult | None,
+        error: BaseException | None,
     ) -> Message:
         message = Message(
             id=message_id,
@@ -198,10 +228,16 @@ class ChatService:
         return await self.add_message(message)
 
     async def chat(
-        self, conversation_id: str, content: str, provider: str | None = None, model: str | None = None
+        self,
+        conversation_id: str,
+        content: str,
+        provider: str | None = None,
+        model: str | None = None,
     ) -> Message:
         """One turn: returns the stored assistant message (usage arrives via the write-back)."""
-        conversation, turn, history = await self._begin_turn(conversation_id, content, provider, model, False)
+        conversation, turn, history = await self._begin_turn(
+            conversation_id, content, provider, model, False
+        )
         message_id = new_ulid()
         try:
             async with workflow_span(
@@ -218,12 +254,18 @@ class ChatService:
         return await self._finish_turn(conversation, message_id, result, None)
 
     async def chat_stream(
-        self, conversation_id: str, content: str, provider: str | None = None, model: str | None = None
+        self,
+        conversation_id: str,
+        content: str,
+        provider: str | None = None,
+        model: str | None = None,
     ) -> AsyncIterator[Delta | Message]:
         """Checks and stores the user message now, so bad input fails before any byte is
         streamed; the iterator yields text deltas, then the stored assistant message, and
         raises TurnFailed at the end on error."""
-        conversation, turn, history = await self._begin_turn(conversation_id, content, provider, model, True)
+        conversation, turn, history = await self._begin_turn(
+            conversation_id, content, provider, model, True
+        )
         return self._stream(conversation, turn, history)
 
     async def _stream(
@@ -267,4 +309,4 @@ def _fresh_copy(message: Message) -> Message:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -146,7 +146,9 @@ class OfflineChatModel(BaseChatModel):
     ) -> ChatResult:
         if self.latency_s:
             time.sleep(self.latency_s)
-        return ChatResult(generations=[ChatGeneration(message=self._reply(messages, kwargs.get("tools", [])))])
+        return ChatResult(
+            generations=[ChatGeneration(message=self._reply(messages, kwargs.get("tools", [])))]
+        )
 
     async def _agenerate(
         self,
@@ -157,7 +159,9 @@ class OfflineChatModel(BaseChatModel):
     ) -> ChatResult:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        return ChatResult(generations=[ChatGeneration(message=self._reply(messages, kwargs.get("tools", [])))])
+        return ChatResult(
+            generations=[ChatGeneration(message=self._reply(messages, kwargs.get("tools", [])))]
+        )
 
     def _chunks(self, reply: AIMessage) -> Iterator[AIMessageChunk]:
         """Word by word, then a final chunk with finish reason and usage, as providers do."""
@@ -186,7 +190,9 @@ class OfflineChatModel(BaseChatModel):
         reply = self._reply(messages, kwargs.get("tools", []))
         for chunk in self._chunks(reply):
             if run_manager and chunk.content:
-                run_manager.on_llm_new_token(str(chunk.content), chunk=ChatGenerationChunk(message=chunk))
+                run_manager.on_llm_new_token(
+                    str(chunk.content), chunk=ChatGenerationChunk(message=chunk)
+                )
             yield ChatGenerationChunk(message=chunk)
 
     async def _astream(
@@ -238,7 +244,7 @@ def make_chat_model(provider: str, model: str | None, settings: ServiceSettings)
             timeout=settings.llm_timeout_s,
         )
     try:
-        from langchain_anthropic import ChatAnthropic  # type: ignore[import-not-found]
+        from langchain_anthropic import ChatAnthropic
     except ImportError as exc:
         raise ProviderError(
             "provider 'anthropic' needs the extra: pip install 'chatter-otel[anthropic]'"

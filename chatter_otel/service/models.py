@@ -101,9 +101,7 @@ class Conversation(_Timestamps, Base):
     tags: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     extra_metadata: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     workflow_config: Mapped[Any | None] = mapped_column(JSON, nullable=True)
-    last_message_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True), nullable=True
-    )
+    last_message_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (
         CheckConstraint("temperature >= 0 AND temperature <= 2", name="check_temperature_range"),

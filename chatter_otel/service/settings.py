@@ -16,9 +16,7 @@ class ServiceSettings(BaseSettings):
     database_url: str = Field(default=DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
     openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
-    anthropic_api_key: SecretStr | None = Field(
-        default=None, validation_alias="ANTHROPIC_API_KEY"
-    )
+    anthropic_api_key: SecretStr | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
     host: str = Field(default="127.0.0.1", validation_alias="CHATTER_HOST")
     port: int = Field(default=8000, ge=1, le=65535, validation_alias="CHATTER_PORT")
     default_provider: str = Field(default="offline", validation_alias="CHATTER_DEFAULT_PROVIDER")

@@ -54,12 +54,14 @@ async def call_model(state: ChatState, config: RunnableConfig) -> dict[str, Any]
     turn = _turn(config)
     llm = turn.llm.bind_tools(list(TOOLS.values()))
     messages = state["messages"]
-    async with model_span(provider=turn.provider, model=turn.model, streaming=turn.streaming) as call:
+    async with model_span(
+        provider=turn.provider, model=turn.model, streaming=turn.streaming
+    ) as call:
         call.record_input(messages)
         if turn.streaming:
-            reply: BaseMessage | None = None
+            reply: Any = None
             async for chunk in llm.astream(messages, config):
-                reply = chunk if reply is None else reply + chunk  # type: ignore[operator]
+                reply = chunk if reply is None else reply + chunk
             if reply is None:
                 reply = AIMessageChunk(content="")
         else:
@@ -152,9 +154,13 @@ async def stream_turn(
     ):
         if mode == "messages":
             chunk, meta = payload
-            if meta.get("langgraph_node") == "call_model" and isinstance(chunk, AIMessageChunk):
-                if isinstance(chunk.content, str) and chunk.content:
-                    yield chunk.content
+            if (
+                meta.get("langgraph_node") == "call_model"
+                and isinstance(chunk, AIMessageChunk)
+                and isinstance(chunk.content, str)
+                and chunk.content
+            ):
+                yield chunk.content
         else:
             final = payload
     assert final is not None

@@ -45,7 +45,9 @@ class CapturedTelemetry:
     def span(self, name: str) -> ReadableSpan:
         """The one finished span with this name (fails if there are none or several)."""
         found = [s for s in self.spans() if s.name == name]
-        assert len(found) == 1, f"expected one span {name!r}, found {[s.name for s in self.spans()]}"
+        assert len(found) == 1, (
+            f"expected one span {name!r}, found {[s.name for s in self.spans()]}"
+        )
         return found[0]
 
     def points(self, metric: str) -> list[Any]:
