@@ -6,6 +6,7 @@ write-back stored, so a newcomer sees tokens and cost land in Chatter's own rows
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -100,7 +101,8 @@ def _print(
 async def run_demo(
     config: TelemetryConfig, settings: ServiceSettings, turns: int | None = None
 ) -> int:
-    console = Console()
+    console = Console(width=max(Console().width, 150))
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if config.writeback_url is None:
         config = replace(config, writeback_url=settings.database_url)
     telemetry = setup_telemetry(config)

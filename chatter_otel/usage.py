@@ -7,7 +7,7 @@ output) are carried separately and never added on top of the totals.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,9 +55,13 @@ class Response:
     response_id: str | None
 
 
+MAX_TOKENS = 10**9
+"""No single LLM call reports a billion tokens; larger numbers are corrupt, not usage."""
+
+
 def _count(value: object) -> int | None:
     # bool is an int subclass; a provider never means True as a token count.
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
         return None
     return value
 
@@ -68,9 +72,9 @@ def from_ai_message(message: Any) -> Response:
     ``usage_metadata`` is absent when the provider reported nothing (an interrupted
     stream, a provider without usage); that stays unknown rather than becoming 0.
     """
-    raw = getattr(message, "usage_metadata", None) or {}
-    input_details = raw.get("input_token_details") or {}
-    output_details = raw.get("output_token_details") or {}
+    raw = _mapping(getattr(message, "usage_metadata", None))
+    input_details = _mapping(raw.get("input_token_details"))
+    output_details = _mapping(raw.get("output_token_details"))
     usage = Usage(
         input_tokens=_count(raw.get("input_tokens")),
         output_tokens=_count(raw.get("output_tokens")),
@@ -78,16 +82,24 @@ def from_ai_message(message: Any) -> Response:
         cache_creation_input_tokens=_count(input_details.get("cache_creation")),
         reasoning_output_tokens=_count(output_details.get("reasoning")),
     )
-    meta = getattr(message, "response_metadata", None) or {}
-    model = meta.get("model_name") or meta.get("model")
-    finish = meta.get("finish_reason") or meta.get("stop_reason")
-    response_id = getattr(message, "id", None)
+    meta = _mapping(getattr(message, "response_metadata", None))
     return Response(
         usage=usage,
-        model=str(model) if model else None,
-        finish_reason=str(finish) if finish else None,
-        response_id=str(response_id) if response_id else None,
+        model=_text(meta.get("model_name")) or _text(meta.get("model")),
+        finish_reason=_text(meta.get("finish_reason")) or _text(meta.get("stop_reason")),
+        response_id=_text(getattr(message, "id", None)),
     )
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: object, limit: int = 200) -> str | None:
+    """A short identifier-like string, or None: model names and finish reasons only."""
+    if not isinstance(value, str) or not value or len(value) > limit or not value.isprintable():
+        return None
+    return value
 
 
 def aggregate_chunks(chunks: Iterable[Any]) -> Any:
