@@ -377,6 +377,15 @@ def _instrument_langchain(
     if instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.uninstrument()
     instrumentor.instrument(tracer_provider=tracer_provider, config=trace_config)
+    # openinference's handler is synchronous but leaves ``run_inline`` False, so in async
+    # code LangChain sends each of its callbacks (start and end of every graph node, chain,
+    # LLM and tool run) through ``loop.run_in_executor`` and the turn waits for a thread-pool
+    # round trip each time. LangChain's own tracer runs inline; openinference's handler only
+    # starts and ends spans (under its own lock), which is safe on the event loop.
+    # benchmarks/turn_overhead.py measures the difference (about 1.5x faster turns).
+    handler = getattr(instrumentor, "_tracer", None)
+    if handler is not None:
+        handler.run_inline = True
     handle._uninstrument.append(instrumentor.uninstrument)
 
 

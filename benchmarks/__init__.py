@@ -1,0 +1,1 @@
+"""chatter-otel's benchmark suite: ``python -m benchmarks`` (see ``benchmarks/README.md``)."""
