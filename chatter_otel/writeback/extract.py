@@ -1,0 +1,371 @@
+"""Pure functions from a finished span to what the write-back needs of it.
+
+Usage is read from every convention instrumentations emit; per field the first present wins:
+
+* input: ``gen_ai.usage.input_tokens``, ``gen_ai.usage.prompt_tokens`` (legacy, OpenLLMetry),
+  ``llm.token_count.prompt`` (OpenInference);
+* output: ``gen_ai.usage.output_tokens``, ``gen_ai.usage.completion_tokens``,
+  ``llm.token_count.completion``;
+* total: input + output when both are known (the GenAI definition: input includes cached
+  tokens), else ``gen_ai.usage.total_tokens`` or ``llm.token_count.total``;
+* model: ``gen_ai.response.model``, ``gen_ai.request.model``, ``llm.model_name``;
+* provider: ``gen_ai.provider.name``, ``gen_ai.system``, ``llm.provider``, ``llm.system``;
+* finish reason: the first of ``gen_ai.response.finish_reasons``; cost: ``gen_ai.usage.cost``.
+
+Every value is validated before it can reach SQL: token counts are integers in
+``[0, MAX_TOKENS]`` (integral floats are accepted, booleans are not), a cost is a finite
+number in ``[0, MAX_COST]``, ids are ULIDs, and text is free of control characters and cut
+to its column length. A value that fails is dropped with a reason the caller counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+from chatter_otel import conventions as c
+from chatter_otel.usage import Usage
+from chatter_otel.writeback.records import MAX_COST, MAX_TOKENS, clean_text, is_ulid
+
+INPUT_KEYS: Final = (
+    c.GEN_AI_USAGE_INPUT_TOKENS,
+    c.LEGACY_GEN_AI_USAGE_PROMPT_TOKENS,
+    c.OI_TOKEN_COUNT_PROMPT,
+)
+OUTPUT_KEYS: Final = (
+    c.GEN_AI_USAGE_OUTPUT_TOKENS,
+    c.LEGACY_GEN_AI_USAGE_COMPLETION_TOKENS,
+    c.OI_TOKEN_COUNT_COMPLETION,
+)
+TOTAL_KEYS: Final = (c.LEGACY_GEN_AI_USAGE_TOTAL_TOKENS, c.OI_TOKEN_COUNT_TOTAL)
+CACHE_READ_KEYS: Final = (
+    c.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+    c.OI_TOKEN_COUNT_PROMPT_CACHE_READ,
+)
+CACHE_WRITE_KEYS: Final = (
+    c.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+    c.OI_TOKEN_COUNT_PROMPT_CACHE_WRITE,
+)
+REASONING_KEYS: Final = (
+    c.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+    c.OI_TOKEN_COUNT_COMPLETION_REASONING,
+)
+MODEL_KEYS: Final = (c.GEN_AI_RESPONSE_MODEL, c.GEN_AI_REQUEST_MODEL, c.OI_LLM_MODEL_NAME)
+PROVIDER_KEYS: Final = (
+    c.GEN_AI_PROVIDER_NAME,
+    c.LEGACY_GEN_AI_SYSTEM,
+    c.OI_LLM_PROVIDER,
+    c.OI_LLM_SYSTEM,
+)
+USAGE_KEYS: Final = frozenset((*INPUT_KEYS, *OUTPUT_KEYS, *TOTAL_KEYS, c.GEN_AI_USAGE_COST))
+"""A span carrying any of these is an LLM call with usage (a roll-up if it has such children)."""
+RELEVANT_KEYS: Final = USAGE_KEYS | {c.CHATTER_MESSAGE_ID}
+
+# Rejection reasons (the ``reason`` attribute of the rejected metric).
+R_TOKENS_TYPE: Final = "tokens_not_integer"
+R_TOKENS_NEGATIVE: Final = "tokens_negative"
+R_TOKENS_TOO_LARGE: Final = "tokens_too_large"
+R_TOKENS_NOT_FINITE: Final = "tokens_not_finite"
+R_COST: Final = "cost_invalid"
+R_MESSAGE_ID: Final = "message_id_invalid"
+R_CONVERSATION_ID: Final = "conversation_id_invalid"
+R_TEXT: Final = "text_invalid"
+R_TIMES: Final = "span_times_invalid"
+
+Reject = Callable[[str], None]
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Call:
+    """One span carrying LLM usage, validated."""
+
+    span_id: int
+    end_ns: int
+    valid: bool
+    """False when its usage was rejected: it still hides roll-ups above it, adds nothing."""
+    input_tokens: int | None
+    output_tokens: int | None
+    total_tokens: int | None
+    cache_read_tokens: int | None
+    cache_write_tokens: int | None
+    reasoning_tokens: int | None
+    model: str | None
+    provider: str | None
+    finish_reason: str | None
+    cost: Decimal | None = None
+    """From ``gen_ai.usage.cost``; ``None`` means "price it"."""
+
+    @property
+    def reported(self) -> bool:
+        """Input or output tokens are known (what pricing needs)."""
+        return self.input_tokens is not None or self.output_tokens is not None
+
+    def usage(self) -> Usage:
+        return Usage(
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
+        )
+
+
+@dataclass(slots=True)
+class Owner:
+    """A span carrying ``chatter.message.id``: it owns the LLM usage of its subtree."""
+
+    span_id: int
+    message_id: str | None
+    """``None`` when the attribute was not a ULID: the subtree is still owned (and dropped)."""
+    conversation_id: str | None
+    start_ns: int
+    end_ns: int
+
+
+def attributes_of(span: ReadableSpan) -> Mapping[str, Any]:
+    """The span's attributes as a plain dict when possible.
+
+    ``ReadableSpan.attributes`` wraps the SDK's ``BoundedAttributes`` in a mappingproxy, so
+    every lookup and iteration goes through Python-level ``Mapping`` methods. The wrapped
+    dict is frozen once the span has ended (``_immutable``), so it is read directly; any other
+    shape (another SDK version, a hand-made ReadableSpan) goes through the public property.
+    """
+    raw = getattr(span, "_attributes", None)
+    inner = getattr(raw, "_dict", None)
+    if type(inner) is dict and getattr(raw, "_immutable", False):
+        return inner
+    if type(raw) is dict:
+        return raw
+    attrs = span.attributes
+    return dict(attrs) if attrs is not None else {}
+
+
+def is_relevant(attrs: Mapping[str, Any]) -> bool:
+    """Cheap test: does the span carry usage or a message id at all?"""
+    return not RELEVANT_KEYS.isdisjoint(attrs)
+
+
+def has_usage(attrs: Mapping[str, Any]) -> bool:
+    return not USAGE_KEYS.isdisjoint(attrs)
+
+
+def token_count(value: object) -> int:
+    """A validated token count, or ``_Invalid`` with the reason."""
+    if isinstance(value, bool):
+        raise _Invalid(R_TOKENS_TYPE)
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Invalid(R_TOKENS_NOT_FINITE)
+        if not value.is_integer():
+            raise _Invalid(R_TOKENS_TYPE)
+        if value < 0:
+            raise _Invalid(R_TOKENS_NEGATIVE)
+        if value > MAX_TOKENS:
+            raise _Invalid(R_TOKENS_TOO_LARGE)
+        number = int(value)
+    else:
+        raise _Invalid(R_TOKENS_TYPE)
+    if number < 0:
+        raise _Invalid(R_TOKENS_NEGATIVE)
+    if number > MAX_TOKENS:
+        raise _Invalid(R_TOKENS_TOO_LARGE)
+    return number
+
+
+def cost_value(value: object) -> Decimal:
+    """A validated cost in USD, or ``_Invalid``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(R_COST)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid(R_COST)
+    # repr() is the shortest decimal that round-trips: 0.1 stays 0.1, not 0.1000000000000000055.
+    amount = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    if not Decimal(0) <= amount <= MAX_COST:
+        raise _Invalid(R_COST)
+    return amount
+
+
+_TEXT_CACHE: dict[tuple[str, int], str | None] = {}
+_TEXT_CACHE_SIZE: Final = 4096
+"""Model, provider and finish-reason strings repeat: each is validated once (bounded)."""
+
+
+def text_value(value: object, limit: int, reject: Reject) -> str | None:
+    """Text for a varchar column: trimmed, control characters refused, cut to ``limit``."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        reject(R_TEXT)
+        return None
+    key = (value, limit)
+    cached = _TEXT_CACHE.get(key, _MISSING)
+    if cached is not _MISSING:
+        if cached is None and value.strip():
+            reject(R_TEXT)  # refused the first time too: counted every time
+        return cached  # type: ignore[return-value]
+    text = _text_value(value, limit)
+    if len(value) <= 4 * limit:  # junk of any length must not fill the cache
+        if len(_TEXT_CACHE) >= _TEXT_CACHE_SIZE:
+            _TEXT_CACHE.clear()
+        _TEXT_CACHE[key] = text
+    if text is None and value.strip():
+        reject(R_TEXT)
+    return text
+
+
+_MISSING: Final = object()
+
+
+def _text_value(value: str, limit: int) -> str | None:
+    text = value.strip()
+    if not text:
+        return None
+    if len(text) > 4 * limit:
+        # Far beyond the column: not a name, do not spend time on it.
+        text = text[: 4 * limit]
+    if not clean_text(text):
+        return None
+    return text[:limit].rstrip() or None
+
+
+def _first(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> object:
+    for key in keys:
+        value = attrs.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _finish_reason(value: object) -> object:
+    if isinstance(value, list | tuple):
+        return value[0] if value else None
+    return value
+
+
+_NO_USAGE: Final = (None, None, None, None, None, None)
+
+
+def _count(value: object) -> int | None:
+    # The common case (a plain int in range) without a function call per check.
+    if value is None:
+        return None
+    if type(value) is int and 0 <= value <= MAX_TOKENS:
+        return value
+    return token_count(value)
+
+
+def read_call(
+    span: ReadableSpan,
+    attrs: Mapping[str, Any],
+    reject: Reject,
+    limits: tuple[int, int, int],
+) -> Call:
+    """The usage, cost, model, provider and finish reason of an LLM span.
+
+    ``limits`` are the model, provider and finish-reason column lengths. Runs once per LLM
+    span on the assembler thread, hence the inlined lookups.
+    """
+    context = span.context
+    span_id = context.span_id if context is not None else 0
+    end_ns = span.end_time or 0
+    get = attrs.get
+    model = text_value(_first(attrs, MODEL_KEYS), limits[0], reject)
+    provider = text_value(_first(attrs, PROVIDER_KEYS), limits[1], reject)
+    raw_finish = get(c.GEN_AI_RESPONSE_FINISH_REASONS)
+    finish = None
+    if raw_finish is not None:
+        finish = text_value(_finish_reason(raw_finish), limits[2], reject)
+    try:
+        value = get(c.GEN_AI_USAGE_INPUT_TOKENS)
+        if value is None:
+            value = get(c.LEGACY_GEN_AI_USAGE_PROMPT_TOKENS)
+            if value is None:
+                value = get(c.OI_TOKEN_COUNT_PROMPT)
+        input_tokens = _count(value)
+        value = get(c.GEN_AI_USAGE_OUTPUT_TOKENS)
+        if value is None:
+            value = get(c.LEGACY_GEN_AI_USAGE_COMPLETION_TOKENS)
+            if value is None:
+                value = get(c.OI_TOKEN_COUNT_COMPLETION)
+        output_tokens = _count(value)
+        total: int | None
+        if input_tokens is not None and output_tokens is not None:
+            # The GenAI definition (input includes cached tokens); a reported total that
+            # disagrees is not trusted over its parts.
+            total = input_tokens + output_tokens
+        else:
+            total = _count(_first(attrs, TOTAL_KEYS))
+            if total is None and (input_tokens is not None or output_tokens is not None):
+                total = (input_tokens or 0) + (output_tokens or 0)
+        cache_read = _count(_first(attrs, CACHE_READ_KEYS))
+        cache_write = _count(_first(attrs, CACHE_WRITE_KEYS))
+        reasoning = _count(_first(attrs, REASONING_KEYS))
+    except _Invalid as exc:
+        reject(exc.reason)
+        return Call(span_id, end_ns, False, *_NO_USAGE, model, provider, finish)
+    if total is not None and total > MAX_TOKENS:
+        reject(R_TOKENS_TOO_LARGE)
+        return Call(span_id, end_ns, False, *_NO_USAGE, model, provider, finish)
+    cost: Decimal | None = None
+    raw_cost = get(c.GEN_AI_USAGE_COST)
+    if raw_cost is not None:
+        try:
+            cost = cost_value(raw_cost)
+        except _Invalid as exc:
+            reject(exc.reason)  # priced from the tokens instead, like a span without cost
+    return Call(
+        span_id,
+        end_ns,
+        True,
+        input_tokens,
+        output_tokens,
+        total,
+        cache_read,
+        cache_write,
+        reasoning,
+        model,
+        provider,
+        finish,
+        cost,
+    )
+
+
+def read_owner(span: ReadableSpan, attrs: Mapping[str, Any], reject: Reject) -> Owner:
+    context = span.context
+    message_id: str | None = None
+    raw = attrs.get(c.CHATTER_MESSAGE_ID)
+    if is_ulid(raw):
+        message_id = str(raw)
+    else:
+        reject(R_MESSAGE_ID)
+    conversation_id: str | None = None
+    raw = attrs.get(c.CHATTER_CONVERSATION_ID)
+    if raw is not None:
+        if is_ulid(raw):
+            conversation_id = str(raw)
+        else:
+            reject(R_CONVERSATION_ID)
+    start, end = span.start_time or 0, span.end_time or 0
+    if start <= 0 or end < start:
+        reject(R_TIMES)
+        start = 0  # no response time; the end (if any) still dates the record
+    return Owner(
+        span_id=context.span_id if context is not None else 0,
+        message_id=message_id,
+        conversation_id=conversation_id,
+        start_ns=start,
+        end_ns=end,
+    )
