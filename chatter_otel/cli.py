@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from pydantic import ValidationError
 
@@ -28,6 +29,9 @@ def _load() -> tuple[TelemetryConfig, object]:
         settings = ServiceSettings()
     except ValidationError as exc:
         raise SystemExit(_fatal(_settings_error(exc))) from None
+    if config.writeback_url is None:
+        # The service's embedded default database is the write-back's too.
+        config = replace(config, writeback_url=settings.database_url)
     return config, settings
 
 
@@ -69,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config, settings = _load()
     telemetry = setup_telemetry(config)
-    app = create_app(settings, telemetry)  # type: ignore[arg-type]
+    app = create_app(settings, telemetry, shutdown_telemetry=True)  # type: ignore[arg-type]
     try:
         uvicorn.run(
             app,

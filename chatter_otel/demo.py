@@ -7,7 +7,6 @@ write-back stored, so a newcomer sees tokens and cost land in Chatter's own rows
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -103,8 +102,6 @@ async def run_demo(
 ) -> int:
     console = Console(width=max(Console().width, 150))
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if config.writeback_url is None:
-        config = replace(config, writeback_url=settings.database_url)
     telemetry = setup_telemetry(config)
     app = create_app(settings, telemetry)
     failures: list[str] = []

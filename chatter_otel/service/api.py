@@ -6,6 +6,7 @@ It instruments itself exactly as a Chatter integrator would: ``setup_telemetry()
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -138,9 +139,16 @@ class BodyLimitMiddleware:
 
 
 def create_app(
-    settings: ServiceSettings | None = None, telemetry: Telemetry | None = None
+    settings: ServiceSettings | None = None,
+    telemetry: Telemetry | None = None,
+    *,
+    shutdown_telemetry: bool | None = None,
 ) -> FastAPI:
+    """The service; ``shutdown_telemetry`` drains and stops telemetry when the app stops
+    (default: when this function set telemetry up itself)."""
     settings = settings or ServiceSettings()
+    if shutdown_telemetry is None:
+        shutdown_telemetry = telemetry is None
     telemetry = telemetry or setup_telemetry()
     db = Database(settings.database_url)
     service = ChatService(db, settings)
@@ -150,6 +158,10 @@ def create_app(
         await db.create_tables()
         yield
         await db.dispose()
+        if shutdown_telemetry:
+            # Here, not after uvicorn.run(): uvicorn re-raises SIGTERM once the app has
+            # stopped, so code after it never runs. The write-back drains (or spools) now.
+            await asyncio.to_thread(telemetry.shutdown)
 
     app = FastAPI(title="Chatter (chatter-otel reference service)", lifespan=lifespan)
     app.state.service = service

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from chatter_otel import dburl
 from chatter_otel.service.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+SCHEMA_LOCK = 0x63686174746572  # "chatter": an advisory-lock key for schema creation
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -36,7 +37,11 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def create_tables(self) -> None:
+        """Create what is missing; replicas starting together must not race on it."""
         async with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                # CREATE TYPE/TABLE IF NOT EXISTS is not atomic across sessions in PostgreSQL.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
             await conn.run_sync(Base.metadata.create_all)
 
     async def dispose(self) -> None:

@@ -302,6 +302,41 @@ class Assembler:
                 call.finish_reason = call.finish_reason or other.finish_reason
             node = state.parents.get(node)
 
+    def _drop_sibling_duplicates(self, counted: list[Call]) -> list[Call]:
+        """One provider call reported by two instrumentations that do not nest.
+
+        In a LangGraph node, openinference parents its LLM span on the node's CHAIN span
+        (LangChain's run tree), not on the OTel context, so our ``chat`` span and its LLM
+        span for the same call end up siblings. A span in another convention whose interval
+        lies inside a GenAI-convention span's, with the same input and output tokens, is
+        that call again: it is dropped (one-to-one, so parallel calls still count apart).
+        """
+        ours = [k for k in counted if k.genai and k.valid and k.reported]
+        if not ours or len(ours) == len(counted):
+            return counted
+        matched: set[int] = set()
+        dropped: set[int] = set()
+        for other in counted:
+            if other.genai or not other.valid or not other.reported:
+                continue
+            for mine in ours:
+                if (
+                    mine.span_id not in matched
+                    and mine.start_ns <= other.start_ns
+                    and other.end_ns <= mine.end_ns
+                    and mine.input_tokens == other.input_tokens
+                    and mine.output_tokens == other.output_tokens
+                ):
+                    matched.add(mine.span_id)
+                    dropped.add(other.span_id)
+                    mine.model = mine.model or other.model
+                    mine.provider = mine.provider or other.provider
+                    mine.finish_reason = mine.finish_reason or other.finish_reason
+                    break
+        if dropped:
+            self._counters.add("rollups_ignored", len(dropped))
+        return [k for k in counted if k.span_id not in dropped]
+
     def _finalize(self, trace_id: int, state: _Trace, owner: Owner) -> None:
         state.finalized[owner.span_id] = owner
         rollups: set[int] | None = None
@@ -318,6 +353,7 @@ class Assembler:
             state.counted.add(span_id)
             self._complete(state, call)
             counted.append(call)
+        counted = self._drop_sibling_duplicates(counted)
         if owner.message_id is None:
             return  # rejected (and counted) when read; its usage is not given to anyone else
         self._emit(trace_id, owner, owner.span_id, counted, KIND_TURN)

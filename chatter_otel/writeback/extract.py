@@ -105,6 +105,9 @@ class Call:
     finish_reason: str | None
     cost: Decimal | None = None
     """From ``gen_ai.usage.cost``; ``None`` means "price it"."""
+    start_ns: int = 0
+    genai: bool = False
+    """Usage in the current GenAI convention (``gen_ai.usage.input_tokens``/``output_tokens``)."""
 
     @property
     def reported(self) -> bool:
@@ -281,7 +284,9 @@ def read_call(
     context = span.context
     span_id = context.span_id if context is not None else 0
     end_ns = span.end_time or 0
+    start_ns = span.start_time or 0
     get = attrs.get
+    genai = c.GEN_AI_USAGE_INPUT_TOKENS in attrs or c.GEN_AI_USAGE_OUTPUT_TOKENS in attrs
     model = text_value(_first(attrs, MODEL_KEYS), limits[0], reject)
     provider = text_value(_first(attrs, PROVIDER_KEYS), limits[1], reject)
     raw_finish = get(c.GEN_AI_RESPONSE_FINISH_REASONS)
@@ -315,10 +320,14 @@ def read_call(
         reasoning = _count(_first(attrs, REASONING_KEYS))
     except _Invalid as exc:
         reject(exc.reason)
-        return Call(span_id, end_ns, False, *_NO_USAGE, model, provider, finish)
+        return Call(
+            span_id, end_ns, False, *_NO_USAGE, model, provider, finish, None, start_ns, genai
+        )
     if total is not None and total > MAX_TOKENS:
         reject(R_TOKENS_TOO_LARGE)
-        return Call(span_id, end_ns, False, *_NO_USAGE, model, provider, finish)
+        return Call(
+            span_id, end_ns, False, *_NO_USAGE, model, provider, finish, None, start_ns, genai
+        )
     cost: Decimal | None = None
     raw_cost = get(c.GEN_AI_USAGE_COST)
     if raw_cost is not None:
@@ -340,6 +349,8 @@ def read_call(
         provider,
         finish,
         cost,
+        start_ns,
+        genai,
     )
 
 

@@ -41,7 +41,7 @@ class WritebackStats:
     unowned: int = 0
     """LLM calls no owner span claimed before their trace expired (not written anywhere)."""
     rollups_ignored: int = 0
-    """Spans whose usage duplicated or summed usage of spans below them."""
+    """Spans whose usage duplicated (nested or as a sibling) or summed other spans' usage."""
     late: int = 0
     """LLM spans that ended after their owner was written and were added afterwards."""
     late_conflicts: int = 0
