@@ -29,7 +29,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
-    AlwaysRecordSampler,
     ParentBased,
     Sampler,
     TraceIdRatioBased,
@@ -38,6 +37,7 @@ from opentelemetry.sdk.trace.sampling import (
 from chatter_otel import _runtime
 from chatter_otel.config import TelemetryConfig
 from chatter_otel.logs import configure_logging
+from chatter_otel.writeback.sampling import AlwaysRecordSampler
 
 logger = logging.getLogger("chatter_otel")
 
@@ -290,7 +290,7 @@ def _build(
         if config.writeback_enabled and config.writeback_url:
             logger.warning(
                 "reusing an installed TracerProvider: its sampler decides what the write-back "
-                "sees; wrap it in AlwaysRecordSampler to account for unsampled traces"
+                "sees; wrap it in chatter_otel.writeback.AlwaysRecordSampler to count unsampled turns"
             )
     if tracer_provider is None:
         sampler = _sampler(config)

@@ -461,3 +461,39 @@ def test_unusable_default_spool_directory_falls_back(tmp_path: Path) -> None:
     assert _read_all(spool, reasons) == [record]
     with pytest.raises(OSError):
         Spool(blocked / "spool").append([record])  # a configured directory fails loudly
+
+
+def oi_usage(inp: int, out: int) -> dict[str, Any]:
+    return {c.OI_TOKEN_COUNT_PROMPT: inp, c.OI_TOKEN_COUNT_COMPLETION: out}
+
+
+def test_sibling_duplicates_count_once_also_when_late() -> None:
+    """openinference parents its LLM span on the LangGraph node's CHAIN span, so our ``chat``
+    span and its span for the same call are siblings; either may end after the owner."""
+    mid = new_ulid()
+    a, counters = assembler()
+    # Call 1: both spans before the owner ends. Call 2 (same tokens, a retry): ours ends
+    # late. Call 3: both spans end late, openinference's first.
+    a.add(make_span(3, 2, oi_usage(10, 2), start=1_100, end=1_900), now=0.0)
+    a.add(make_span(4, 1, usage(10, 2), start=1_000, end=2_000), now=0.0)
+    a.add(make_span(6, 2, oi_usage(10, 2), start=3_100, end=3_900), now=0.0)
+    a.add(make_span(2, 1), now=0.0)  # the node's CHAIN span
+    a.add(make_span(1, None, {c.CHATTER_MESSAGE_ID: mid}, start=500, end=5_000), now=0.0)
+    (turn,) = a.take(0.1)
+    assert (turn.total_tokens, turn.calls) == (24, 2)  # call 1 once, call 2 via its OI span
+    a.add(make_span(5, 1, usage(10, 2), start=3_000, end=9_000), now=0.2)  # ours, call 2
+    assert a.take(0.3) == []
+    a.add(make_span(8, 2, oi_usage(7, 1), start=9_100, end=9_500), now=0.4)  # call 3, OI
+    a.add(make_span(7, 1, usage(7, 1), start=9_000, end=9_900), now=0.5)  # call 3, ours
+    (late,) = a.take(0.6)
+    assert (late.kind, late.total_tokens) == ("late", 8)
+    assert counters.snapshot().rollups_ignored == 3
+    # Two real calls with the same tokens are not merged: one-to-one matching.
+    a2, _ = assembler()
+    a2.add(make_span(3, 1, usage(5, 5), start=1_000, end=2_000), now=0.0)
+    a2.add(make_span(4, 1, usage(5, 5), start=1_000, end=2_000), now=0.0)
+    a2.add(make_span(5, 2, oi_usage(5, 5), start=1_100, end=1_900), now=0.0)
+    a2.add(make_span(2, 1), now=0.0)
+    a2.add(make_span(1, None, {c.CHATTER_MESSAGE_ID: mid}), now=0.0)
+    (both,) = a2.take(0.1)
+    assert both.total_tokens == 20

@@ -66,7 +66,16 @@ _SPENT: Final = Call(0, 0, False, None, None, None, None, None, None, None, None
 
 
 class _Trace:
-    __slots__ = ("calls", "consumed", "counted", "finalized", "last_seen", "owners", "parents")
+    __slots__ = (
+        "calls",
+        "consumed",
+        "counted",
+        "finalized",
+        "last_seen",
+        "owners",
+        "pairs",
+        "parents",
+    )
 
     def __init__(self, now: float) -> None:
         self.parents: dict[int, int | None] = {}
@@ -75,6 +84,8 @@ class _Trace:
         self.finalized: dict[int, Owner] = {}
         self.consumed: set[int] = set()
         self.counted: set[int] = set()
+        self.pairs: dict[int, int] = {}
+        """Sibling duplicates matched so far (both directions): one call, two spans."""
         self.last_seen = now
 
     @property
@@ -84,10 +95,11 @@ class _Trace:
 
 def _compact(state: _Trace) -> None:
     """A complete trace is kept only for children that may still end late: what they need is
-    the span tree, which calls exist and were counted, and the owners. The usage values of
-    its calls are in the records already."""
+    the span tree, which calls exist, the owners, and the counted calls (a late sibling
+    duplicate is recognized against them). The values of the other calls are spent."""
     for span_id in state.calls:
-        state.calls[span_id] = _SPENT
+        if span_id not in state.counted:
+            state.calls[span_id] = _SPENT
 
 
 class Assembler:
@@ -302,7 +314,7 @@ class Assembler:
                 call.finish_reason = call.finish_reason or other.finish_reason
             node = state.parents.get(node)
 
-    def _drop_sibling_duplicates(self, counted: list[Call]) -> list[Call]:
+    def _drop_sibling_duplicates(self, state: _Trace, counted: list[Call]) -> list[Call]:
         """One provider call reported by two instrumentations that do not nest.
 
         In a LangGraph node, openinference parents its LLM span on the node's CHAIN span
@@ -329,6 +341,8 @@ class Assembler:
                 ):
                     matched.add(mine.span_id)
                     dropped.add(other.span_id)
+                    state.pairs[mine.span_id] = other.span_id
+                    state.pairs[other.span_id] = mine.span_id
                     mine.model = mine.model or other.model
                     mine.provider = mine.provider or other.provider
                     mine.finish_reason = mine.finish_reason or other.finish_reason
@@ -353,7 +367,7 @@ class Assembler:
             state.counted.add(span_id)
             self._complete(state, call)
             counted.append(call)
-        counted = self._drop_sibling_duplicates(counted)
+        counted = self._drop_sibling_duplicates(state, counted)
         if owner.message_id is None:
             return  # rejected (and counted) when read; its usage is not given to anyone else
         self._emit(trace_id, owner, owner.span_id, counted, KIND_TURN)
@@ -381,6 +395,9 @@ class Assembler:
                     span_id,
                 )
                 continue
+            if self._late_sibling_duplicate(state, call):
+                self._counters.add("rollups_ignored")
+                continue
             state.counted.add(span_id)
             self._complete(state, call)
             owner = state.finalized[owner_id]
@@ -388,6 +405,30 @@ class Assembler:
                 continue
             self._counters.add("late")
             self._emit(trace_id, owner, span_id, [call], KIND_LATE)
+
+    def _late_sibling_duplicate(self, state: _Trace, call: Call) -> bool:
+        """A late span that repeats a counted call of the other convention (see
+        :meth:`_drop_sibling_duplicates`): whichever of the two ended last is the duplicate."""
+        if not call.valid or not call.reported or call.span_id in state.pairs:
+            return False
+        for span_id in state.counted:
+            other = state.calls.get(span_id)
+            if (
+                other is None
+                or other is _SPENT
+                or span_id in state.pairs
+                or other.genai == call.genai
+                or not other.valid
+                or other.input_tokens != call.input_tokens
+                or other.output_tokens != call.output_tokens
+            ):
+                continue
+            mine, theirs = (other, call) if other.genai else (call, other)
+            if mine.start_ns <= theirs.start_ns and theirs.end_ns <= mine.end_ns:
+                state.pairs[span_id] = call.span_id
+                state.pairs[call.span_id] = span_id
+                return True
+        return False
 
     def _price(self, call: Call) -> Decimal | None:
         if self._pricing is None:
