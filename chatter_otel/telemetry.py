@@ -290,7 +290,7 @@ def _build(
         if config.writeback_enabled and config.writeback_url:
             logger.warning(
                 "reusing an installed TracerProvider: its sampler decides what the write-back "
-                "sees; wrap it in chatter_otel.writeback.AlwaysRecordSampler to count unsampled turns"
+                "sees; wrap it in chatter_otel.writeback.AlwaysRecordSampler to count every turn"
             )
     if tracer_provider is None:
         sampler = _sampler(config)
