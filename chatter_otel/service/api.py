@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from chatter_otel.service.chat import ChatService, Delta, NotFound, TurnFailed
 from chatter_otel.service.db import Database
@@ -25,6 +26,7 @@ from chatter_otel.service.models import Conversation, Message
 from chatter_otel.service.settings import ServiceSettings
 from chatter_otel.telemetry import Telemetry, setup_telemetry
 
+logger = logging.getLogger("chatter.api")
 ULID_PATTERN = r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"
 UlidPath = Annotated[str, Path(pattern=ULID_PATTERN)]
 MAX_BODY_BYTES = 1_048_576
@@ -190,6 +192,18 @@ def create_app(
             status_code=502,
         )
 
+    @app.exception_handler(DBAPIError)
+    async def _database(_r: Request, exc: DBAPIError) -> JSONResponse:
+        if isinstance(exc, IntegrityError):
+            return JSONResponse({"detail": "conflicting write; retry"}, status_code=409)
+        logger.warning("database error: %s", type(exc.orig).__name__)
+        return JSONResponse({"detail": _unavailable(exc)}, status_code=503)
+
+    @app.exception_handler(OSError)
+    async def _os_error(_r: Request, exc: OSError) -> JSONResponse:
+        logger.warning("database unreachable: %s", type(exc).__name__)
+        return JSONResponse({"detail": _unavailable(exc)}, status_code=503)
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -248,10 +262,18 @@ def create_app(
                         yield _event("message", MessageOut.of(item).model_dump(mode="json"))
             except TurnFailed as exc:
                 yield _event("error", {"detail": str(exc), "message_id": exc.message.id})
+            except Exception as exc:  # headers are sent: report in the stream, never drop it
+                logger.warning("stream failed: %s", type(exc).__name__)
+                yield _event("error", {"detail": _unavailable(exc)})
 
         return StreamingResponse(sse(), media_type="text/event-stream")
 
     return app
+
+
+def _unavailable(exc: BaseException) -> str:
+    """What the client is told: the class of failure, never the SQL or a connection string."""
+    return f"the database is unavailable ({type(exc).__name__}); retry later"
 
 
 def _event(name: str, data: Any) -> str:

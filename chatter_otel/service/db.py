@@ -11,6 +11,8 @@ from chatter_otel import dburl
 from chatter_otel.service.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+CONNECT_TIMEOUT_S = 3
+COMMAND_TIMEOUT_S = 15
 SCHEMA_LOCK = 0x63686174746572  # "chatter": an advisory-lock key for schema creation
 
 
@@ -30,7 +32,14 @@ class Database:
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         kwargs: dict[str, Any] = {}
         if not self.is_sqlite:
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+            # Fail a request in seconds when the database is gone, instead of hanging it.
+            kwargs.update(
+                pool_size=10,
+                max_overflow=20,
+                pool_pre_ping=True,
+                pool_timeout=5,
+                connect_args={"timeout": CONNECT_TIMEOUT_S, "command_timeout": COMMAND_TIMEOUT_S},
+            )
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
