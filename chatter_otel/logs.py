@@ -51,10 +51,15 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> logging.Hand
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _record_ids,
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
+    # Plain tracebacks: the rich renderer with locals takes seconds per error, on the loop.
+    renderers: list[Any] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        else [
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
     )
     structlog.configure(
         processors=[
@@ -71,7 +76,7 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> logging.Hand
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderers],
         )
     )
     root = logging.getLogger()

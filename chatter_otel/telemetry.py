@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,19 @@ from chatter_otel.logs import configure_logging
 from chatter_otel.writeback.sampling import AlwaysRecordSampler
 
 logger = logging.getLogger("chatter_otel")
+
+SHUTDOWN_TIMEOUT_MS = 20_000
+
+
+def _bounded(stop: Callable[[], object], deadline: float, what: str) -> None:
+    """Runs ``stop`` but waits for it only until ``deadline``; a stuck exporter is left
+    behind (its thread is a daemon) and logged, never waited for."""
+    thread = threading.Thread(target=stop, name=f"chatter-otel-stop-{what}", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if thread.is_alive():
+        logger.warning("%s did not stop before the shutdown deadline; abandoned", what)
+
 
 _lock = threading.Lock()
 _active: Telemetry | None = None
@@ -172,21 +186,33 @@ class Telemetry:
             ok = bool(self.logger_provider.force_flush(timeout_millis)) and ok
         return ok
 
-    def shutdown(self) -> None:
-        """Drain and stop everything this handle started; safe to call twice."""
+    def shutdown(self, timeout_millis: int = SHUTDOWN_TIMEOUT_MS) -> None:
+        """Drain and stop everything this handle started, within ``timeout_millis``.
+
+        The write-back goes first (it holds accounting data; what it cannot write it
+        spools). Exporters share what is left: a hanging Collector must not keep the
+        process past its orchestrator's grace period (Kubernetes: 30 s). Safe to call twice.
+        """
         global _active
         if self._stopped:
             return
         self._stopped = True
+        deadline = time.monotonic() + timeout_millis / 1000
         for undo in reversed(self._uninstrument):
             try:
                 undo()
             except Exception:
                 logger.debug("uninstrument failed", exc_info=True)
+        if self.writeback is not None:
+            writeback = self.writeback
+            # Its own timeout ends before the deadline, leaving it time to spool the rest.
+            budget = int(timeout_millis * 0.6)
+            _bounded(lambda: writeback.shutdown(budget), deadline, "write-back")
         for processor in self._processors:
-            processor.shutdown()
+            if processor is not self.writeback:
+                _bounded(processor.shutdown, deadline, type(processor).__name__)
         for owned in self._owned:
-            owned.shutdown()
+            _bounded(owned.shutdown, deadline, type(owned).__name__)
         _runtime.install(None)
         with _lock:
             if _active is self:

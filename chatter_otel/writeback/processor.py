@@ -76,6 +76,9 @@ _OVERFLOW_BATCH = 2048
 _OVERFLOW_DELAY = 0.2
 """Records beyond ``max_queue`` are spooled in batches of this size or age (s)."""
 _OVERFLOW_STUCK = 8 * _OVERFLOW_BATCH
+_OVERFLOW_STUCK_S = 1.0
+"""Overflow older than this is spooled by the assembler: ``max_queue`` stays a bound even
+while the writer hangs in a statement."""
 """Overflow the assembler spools itself, the writer being busy elsewhere."""
 _EXPIRE_EVERY = 1.0
 _DRAIN_LIMIT = 8192
@@ -532,7 +535,11 @@ class WritebackSpanProcessor(SpanProcessor):
                 len(self._overflow) >= _OVERFLOW_BATCH
             ):
                 self._cond.notify_all()
-            stuck = len(self._overflow) >= _OVERFLOW_STUCK
+            # Stuck: the writer has not spooled the overflow for a while (a hung statement).
+            stuck = len(self._overflow) >= _OVERFLOW_STUCK or (
+                bool(self._overflow)
+                and time.monotonic() - self._overflow_since >= _OVERFLOW_STUCK_S
+            )
         if stuck:
             # The writer has not spooled for a while (stuck in the database): do it here.
             self._spool_overflow(force=True)

@@ -180,6 +180,13 @@ class Store:
                 connect_args={
                     "connect_timeout": max(1, round(connect_timeout)),
                     "application_name": "chatter-otel-writeback",
+                    # A peer that vanishes without a reset must not stall the writer for
+                    # the OS default of two hours.
+                    "keepalives": 1,
+                    "keepalives_idle": 30,
+                    "keepalives_interval": 10,
+                    "keepalives_count": 3,
+                    "tcp_user_timeout": 60_000,
                 },
             )
         engine = create_engine(

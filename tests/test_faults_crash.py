@@ -1,0 +1,283 @@
+"""A process running the write-back killed with SIGKILL, then a new one started on the same
+spool directory: what survives a hard crash, and what does not.
+
+The worker (tests/fault_workers/writeback_worker.py) produces the spans of chat turns with
+the processor attached and reports, after every turn and every 50 ms, how many turns it
+emitted and the processor's counters. It reaches a throwaway PostgreSQL through a TCP proxy the test
+controls.
+
+What a hard crash can lose: records that were only in the dead process's memory. Spooled
+records (fsync'd before they are counted) and committed transactions survive; a
+transaction open at the kill is rolled back by the server, never half applied. While the
+database is reachable, records are in memory until their batch commits (tens to hundreds
+of milliseconds). While it refuses connections, up to ``max_queue`` records stay in memory
+(plus one batch in flight) and the rest is spooled within a fraction of a second: with
+the default ``max_queue`` of 100,000, a hard crash during a database outage can lose up to
+that many turns' usage. (While the writer is blocked in a database that hangs, records
+beyond ``max_queue`` also wait in memory for a while before being spooled: see
+test_faults_network.test_database_hangs, whose figures show the peak.)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import URL
+
+from tests._faults import (
+    PgCluster,
+    TcpProxy,
+    Worker,
+    message_usage,
+    spool_records,
+    throwaway_postgres,
+    via,
+)
+from tests.test_writeback_support import (
+    aggregates_exact,
+    ledger_rows,
+    seed,
+)
+
+MAX_QUEUE = 100
+BATCH = 20
+TURNS = 600
+LIVE_QUEUE = 1000
+LIVE_BATCH = 100
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgCluster]:
+    """One throwaway cluster for the module (never stopped here); a database per test."""
+    with throwaway_postgres() as cluster:
+        yield cluster
+
+
+Turn = tuple[str, str, list[tuple[int, int]]]
+
+
+def _plan(url: URL, path: Path) -> list[Turn]:
+    rows = seed(url, conversations=6, messages=TURNS // 6)
+    turns = [
+        (mid, cid, [(index + 2, index % 5 + 1)])
+        for cid, mids in rows.messages.items()
+        for index, mid in enumerate(mids)
+    ]
+    path.write_text(json.dumps(turns))
+    return turns
+
+
+def _worker(
+    tmp_path: Path,
+    name: str,
+    url: URL,
+    plan: Path,
+    *extra: str,
+    max_queue: int = MAX_QUEUE,
+    batch: int = BATCH,
+) -> Worker:
+    return Worker.start(
+        "writeback_worker.py",
+        tmp_path / f"{name}.log",
+        url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False),
+        str(tmp_path / "spool"),
+        str(plan),
+        "--max-queue",
+        str(max_queue),
+        "--batch",
+        str(batch),
+        *extra,
+    )
+
+
+def _written(url: URL, turns: list[Turn]) -> dict[str, int]:
+    """Messages that received usage, each checked to be exactly its turn's."""
+    ledger = ledger_rows(url)
+    applied = {r["message_id"] for r in ledger if r["status"] == "applied"}
+    assert len(ledger) == len(applied), "a record was written twice"
+    stored = message_usage(url)
+    out: dict[str, int] = {}
+    for mid, _, calls in turns:
+        tokens = stored[mid][0]
+        if mid in applied:
+            assert tokens == sum(a + b for a, b in calls), f"message {mid}"
+            out[mid] = tokens
+        else:
+            assert tokens is None, f"message {mid} has usage but no ledger row"
+    return out
+
+
+def test_hard_crash_while_the_database_is_unreachable_loses_only_what_was_in_memory(
+    pg: PgCluster, tmp_path: Path
+) -> None:
+    """The database is unreachable; 600 turns end; the process is killed once it has
+    spooled everything beyond its memory bound. The next process replays every spooled
+    record, exactly; the records that were only in memory (at most max_queue + one batch)
+    are the loss, and nothing else is."""
+    url = pg.database()
+    turns = _plan(url, tmp_path / "plan.json")
+    with TcpProxy(pg.port) as proxy:
+        proxy.down()
+        first = _worker(tmp_path, "first", via(url, proxy.port), tmp_path / "plan.json")
+        try:
+            first.wait_report(
+                lambda r: (
+                    r["emitted"] == TURNS
+                    and r["records"] == TURNS
+                    and r["spooled"] >= TURNS - MAX_QUEUE - BATCH
+                ),
+                60,
+            )
+            time.sleep(0.3)  # nothing more is going to happen: the database stays down
+            at_kill = first.last
+            first.kill()
+        finally:
+            first.stop()
+        on_disk = spool_records(tmp_path / "spool")
+        proxy.up()
+        (tmp_path / "none.json").write_text("[]")
+        second = _worker(
+            tmp_path, "second", via(url, proxy.port), tmp_path / "none.json", "--then", "drain"
+        )
+        try:
+            assert second.wait(90) == 0, second.err()
+        finally:
+            second.stop()
+    written = _written(url, turns)
+    lost = TURNS - len(written)
+    figures = (
+        f"hard crash (SIGKILL) with the database unreachable, max_queue={MAX_QUEUE}, "
+        f"batch={BATCH}: {TURNS} turns ended, {at_kill['spooled']} records spooled "
+        f"({on_disk} lines on disk), {at_kill['db_errors']} failed connection attempts; "
+        f"the next process replayed {second.last.get('replayed')} and wrote {len(written)}; "
+        f"lost: {lost} (the records held in memory)"
+    )
+    print(figures)
+    assert len(written) >= at_kill["spooled"], figures  # every spooled record survived
+    assert lost == TURNS - on_disk, figures  # and only those in memory were lost
+    assert lost <= MAX_QUEUE + BATCH, figures
+    assert aggregates_exact(url, touched_only=True) == []
+
+
+@pytest.mark.slow
+def test_hard_crash_while_the_database_hangs_loses_at_most_what_fits_in_memory(
+    pg: PgCluster, tmp_path: Path
+) -> None:
+    """The database hangs (the writer blocked in a statement, its connection open and
+    silent) while 600 turns end; one second after the last, the process is killed. As
+    when the database refuses connections, what is beyond ``max_queue`` should have been
+    spooled by then: at most max_queue records plus one batch may be lost."""
+    url = pg.database()
+    turns = _plan(url, tmp_path / "plan.json")
+    with TcpProxy(pg.port) as proxy:
+        first = _worker(
+            tmp_path, "first", via(url, proxy.port), tmp_path / "plan.json", "--rate", "600"
+        )
+        try:
+            first.wait_report(lambda r: r["applied"] >= 20, 60)
+            proxy.stall()
+            first.wait_report(lambda r: r["emitted"] == TURNS and r["records"] == TURNS, 60)
+            time.sleep(1.0)
+            at_kill = first.last
+            first.kill()
+        finally:
+            first.stop()
+        on_disk = spool_records(tmp_path / "spool")
+        proxy.cut_all()  # the dead process's connection is gone
+        proxy.flow()
+        (tmp_path / "none.json").write_text("[]")
+        second = _worker(
+            tmp_path, "second", via(url, proxy.port), tmp_path / "none.json", "--then", "drain"
+        )
+        try:
+            assert second.wait(90) == 0, second.err()
+        finally:
+            second.stop()
+    written = _written(url, turns)
+    lost = TURNS - len(written)
+    figures = (
+        f"hard crash (SIGKILL) 1 s after the last turn while the database hangs, "
+        f"max_queue={MAX_QUEUE}, batch={BATCH}: {TURNS} turns ended, {at_kill['applied']} "
+        f"written before the hang, {at_kill['queue_size']} spans/records in memory and "
+        f"{at_kill['spooled']} spooled ({on_disk} lines on disk) at the kill; the next process "
+        f"wrote {len(written)}; lost: {lost}"
+    )
+    print(figures)
+    assert len(written) >= at_kill["applied"] + on_disk - BATCH, figures
+    assert lost <= MAX_QUEUE + BATCH, figures
+    assert aggregates_exact(url, touched_only=True) == []
+
+
+@pytest.mark.slow
+def test_hard_crash_in_the_middle_of_a_transaction_leaves_every_row_exact(
+    pg: PgCluster, tmp_path: Path
+) -> None:
+    """Under load (100 turns/s), with 10 ms added to every packet so each transaction
+    takes a few hundred milliseconds, the process is killed while it is inside an open
+    transaction. The server rolls it back:
+    every message has either exactly its usage or none, every conversation equals its
+    messages; every batch the process had committed is there; a new process on the same
+    spool changes nothing."""
+    url = pg.database()
+    turns = _plan(url, tmp_path / "plan.json")
+    with TcpProxy(pg.port) as proxy:
+        proxy.delay(0.01)
+        first = _worker(
+            tmp_path,
+            "first",
+            via(url, proxy.port),
+            tmp_path / "plan.json",
+            "--rate",
+            "100",
+            max_queue=LIVE_QUEUE,
+            batch=LIVE_BATCH,
+        )
+        try:
+            first.wait_report(lambda r: r["applied"] >= 100, 60)
+            killed_in_transaction = False
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if proxy.in_transaction:
+                    at_kill = first.last
+                    first.kill()
+                    killed_in_transaction = True
+                    break
+                time.sleep(0.002)
+            assert killed_in_transaction, "no transaction seen open in 10 s"
+        finally:
+            first.stop()
+        wait = time.monotonic() + 5
+        while proxy.open_connections and time.monotonic() < wait:
+            time.sleep(0.01)
+        written_at_kill = _written(url, turns)
+        assert aggregates_exact(url, touched_only=True) == []
+        proxy.delay(0.0)
+        (tmp_path / "none.json").write_text("[]")
+        second = _worker(
+            tmp_path, "second", via(url, proxy.port), tmp_path / "none.json", "--then", "drain"
+        )
+        try:
+            assert second.wait(90) == 0, second.err()
+        finally:
+            second.stop()
+    written = _written(url, turns)
+    emitted = at_kill["emitted"]  # reported after every turn: at most one more ended
+    lost = max(0, emitted - len(written))
+    figures = (
+        f"SIGKILL inside an open transaction ({proxy.stats.client_gone_in_transaction} "
+        f"connection closed mid-transaction): {emitted} turns emitted, {at_kill['applied']} "
+        f"reported committed before the kill, {len(written_at_kill)} in the database; "
+        f"after restart {len(written)} (spool replayed: {second.last.get('replayed')}); "
+        f"lost: {lost} turns' usage (in memory or in the rolled-back transaction; "
+        f"{at_kill['queue_size']} spans/records were queued at the last report)"
+    )
+    print(figures)
+    assert proxy.stats.client_gone_in_transaction >= 1, figures
+    assert len(written_at_kill) >= at_kill["applied"], figures  # committed stays committed
+    assert written == written_at_kill, figures
+    assert len(written) <= emitted + 1 and lost <= LIVE_QUEUE + LIVE_BATCH, figures
+    assert aggregates_exact(url, touched_only=True) == []
