@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from chatter_otel.service.chat import ChatService, Delta, NotFound, TurnFailed
@@ -30,6 +30,15 @@ logger = logging.getLogger("chatter.api")
 ULID_PATTERN = r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"
 UlidPath = Annotated[str, Path(pattern=ULID_PATTERN)]
 MAX_BODY_BYTES = 1_048_576
+
+
+def _known_provider(value: str | None) -> str | None:
+    if value is not None and value not in PROVIDERS:
+        raise ValueError(f"unknown provider; accepted: {', '.join(PROVIDERS)}")
+    return value
+
+
+Provider = Annotated[str | None, AfterValidator(_known_provider)]
 
 
 class _Strict(BaseModel):
@@ -51,17 +60,10 @@ class UserOut(BaseModel):
 class ConversationIn(_Strict):
     user_id: str = Field(pattern=ULID_PATTERN)
     title: str = Field(min_length=1, max_length=255)
-    llm_provider: str | None = None
+    llm_provider: Provider = None
     llm_model: str | None = Field(default=None, max_length=100)
     system_prompt: str | None = Field(default=None, max_length=10_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
-
-    @field_validator("llm_provider")
-    @classmethod
-    def _provider(cls, value: str | None) -> str | None:
-        if value is not None and value not in PROVIDERS:
-            raise ValueError(f"unknown provider; accepted: {', '.join(PROVIDERS)}")
-        return value
 
 
 class ConversationOut(BaseModel):
@@ -86,15 +88,8 @@ class ConversationOut(BaseModel):
 
 class MessageIn(_Strict):
     content: str = Field(min_length=1)
-    provider: str | None = None
+    provider: Provider = None
     model: str | None = Field(default=None, max_length=100)
-
-    @field_validator("provider")
-    @classmethod
-    def _provider(cls, value: str | None) -> str | None:
-        if value is not None and value not in PROVIDERS:
-            raise ValueError(f"unknown provider; accepted: {', '.join(PROVIDERS)}")
-        return value
 
 
 class MessageOut(BaseModel):

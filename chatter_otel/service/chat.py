@@ -240,12 +240,7 @@ class ChatService:
         )
         message_id = new_ulid()
         try:
-            async with workflow_span(
-                WORKFLOW_NAME,
-                conversation_id=conversation.id,
-                message_id=message_id,
-                user_id=conversation.user_id,
-            ):
+            async with _workflow(conversation, message_id, streaming=False):
                 result = await run_turn(turn, history)
         except Exception as exc:
             logger.warning("chat turn failed: %s", type(exc).__name__)
@@ -275,13 +270,7 @@ class ChatService:
         result: TurnResult | None = None
         error: BaseException | None = None
         try:
-            async with workflow_span(
-                WORKFLOW_NAME,
-                conversation_id=conversation.id,
-                message_id=message_id,
-                user_id=conversation.user_id,
-                attributes={CHATTER_STREAMING: True},
-            ):
+            async with _workflow(conversation, message_id, streaming=True):
                 async for item in stream_turn(turn, history):
                     if isinstance(item, TurnResult):
                         result = item
@@ -294,6 +283,17 @@ class ChatService:
         if error is not None:
             raise TurnFailed(stored, error)
         yield stored
+
+
+def _workflow(conversation: Conversation, message_id: str, *, streaming: bool) -> workflow_span:
+    """The turn's span, naming the assistant message (``message_id``) it will store."""
+    return workflow_span(
+        WORKFLOW_NAME,
+        conversation_id=conversation.id,
+        message_id=message_id,
+        user_id=conversation.user_id,
+        attributes={CHATTER_STREAMING: True} if streaming else None,
+    )
 
 
 def _fresh_copy(message: Message) -> Message:
