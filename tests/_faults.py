@@ -13,13 +13,11 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -30,15 +28,14 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from chatter_otel.service.llm import PER_MESSAGE_TOKENS, count_tokens
-from tests.conftest import create_private_database
 
 # The throwaway server of the write-back outage test, reused rather than duplicated.
-from tests.test_writeback_outage import PG_BIN, Throwaway, _as_postgres, _free_port
+from tests._pg import Throwaway, free_port, throwaway_server
+from tests.conftest import create_private_database
 from tests.test_writeback_support import aggregates_exact, engine_for, price
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,8 +43,6 @@ LEDGER = "chatter_otel_writeback_ledger"
 ECHO_MODEL = "offline-echo-1"
 HISTORY_LIMIT = 20
 """chatter_otel.service.chat.HISTORY_LIMIT: messages the offline model sees per turn."""
-
-free_port = _free_port
 
 
 def wait_for(
@@ -86,7 +81,7 @@ class PgCluster:
 
     def stop(self, mode: str = "fast") -> None:
         """``fast``: sessions terminated, clean shutdown; ``immediate``: like a crash."""
-        _as_postgres("pg_ctl", "-D", str(self.server.data), "-m", mode, "-w", "stop")
+        self.server.stop(mode)
 
     def database(self) -> URL:
         """A fresh, empty database on this cluster (psycopg URL)."""
@@ -95,27 +90,8 @@ class PgCluster:
 
 @contextlib.contextmanager
 def throwaway_postgres() -> Iterator[PgCluster]:
-    if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None:
-        pytest.skip("PostgreSQL 15 binaries or runuser not available")
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run initdb as the postgres user")
-    base = Path(tempfile.mkdtemp(prefix="chatter-otel-faults-pg-"))
-    shutil.chown(base, "postgres")
-    port = free_port()
-    server = Throwaway(
-        url=make_url(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"),
-        data=base / "data",
-        socket_dir=base,
-        port=port,
-        log=base / "server.log",
-    )
-    try:
-        _as_postgres("initdb", "-D", str(server.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        server.start()
+    with throwaway_server() as server:
         yield PgCluster(server)
-    finally:
-        _as_postgres("pg_ctl", "-D", str(server.data), "-m", "immediate", "stop", check=False)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def via(url: URL, port: int) -> URL:

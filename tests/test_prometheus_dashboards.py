@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +23,9 @@ import pytest
 import yaml
 
 from tests._dashboards import PromExpr, prometheus_exprs
+from tests._pg import free_port
 
 SCRAPE_INTERVAL_S = 1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _prometheus_binary() -> str:
@@ -115,7 +109,7 @@ def _wait_for_scrapes(prom: str, at_least: float, deadline_s: float = 30) -> Non
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = _prometheus_binary()
     tmp = tmp_path_factory.mktemp("prom")
-    app_port, prom_port = _free_port(), _free_port()
+    app_port, prom_port = free_port(), free_port()
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{tmp}/chatter.db",

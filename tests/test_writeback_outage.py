@@ -6,22 +6,16 @@ a private port and socket directory); the shared server is never touched.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import URL, make_url
 
 from chatter_otel.pricing import Pricing
 from chatter_otel.writeback import WritebackSpanProcessor
+from tests._pg import Throwaway, throwaway_server
 from tests.test_writeback_support import (
     aggregates_exact,
     conversation,
@@ -31,63 +25,11 @@ from tests.test_writeback_support import (
     tracing,
 )
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-@dataclass
-class Throwaway:
-    url: URL
-    data: Path
-    socket_dir: Path
-    port: int
-    log: Path
-
-    def _ctl(self, *args: str) -> None:
-        _as_postgres("pg_ctl", "-D", str(self.data), *args)
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._ctl("-o", options, "-l", str(self.log), "-w", "start")
-
-    def stop(self) -> None:
-        self._ctl("-m", "fast", "-w", "stop")
-
-
-def _as_postgres(tool: str, *args: str, check: bool = True) -> None:
-    command = ["runuser", "-u", "postgres", "--", str(PG_BIN / tool), *args]
-    subprocess.run(command, check=check, capture_output=True, timeout=120)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.fixture
 def throwaway_pg() -> Iterator[Throwaway]:
-    if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None:
-        pytest.skip("PostgreSQL 15 binaries or runuser not available")
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run initdb as the postgres user")
-    # Under /tmp itself: pytest's tmp_path is not traversable by the postgres user.
-    base = Path(tempfile.mkdtemp(prefix="chatter-otel-pg-"))
-    shutil.chown(base, "postgres")
-    port = _free_port()
-    server = Throwaway(
-        url=make_url(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"),
-        data=base / "data",
-        socket_dir=base,
-        port=port,
-        log=base / "server.log",
-    )
-    try:
-        _as_postgres("initdb", "-D", str(server.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        server.start()
+    with throwaway_server() as server:
         yield server
-    finally:
-        _as_postgres("pg_ctl", "-D", str(server.data), "-m", "immediate", "stop", check=False)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_database_stopped_and_restarted_under_load(throwaway_pg: Throwaway, tmp_path: Path) -> None:
