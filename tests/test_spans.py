@@ -258,9 +258,14 @@ def test_token_metric_has_convention_attributes_and_buckets(cap: CapturedTelemet
 
 
 def test_metrics_carry_no_conversation_or_user_ids(cap: CapturedTelemetry) -> None:
-    with workflow_span(
-        "chat", conversation_id="01ARZ3NDEKTSV4RRFFQ69G5FAV", user_id="01ARZ3NDEKTSV4RRFFQ69G5FAW"
-    ), model_span(provider="offline", model="offline-echo-1") as call:
+    with (
+        workflow_span(
+            "chat",
+            conversation_id="01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            user_id="01ARZ3NDEKTSV4RRFFQ69G5FAW",
+        ),
+        model_span(provider="offline", model="offline-echo-1") as call,
+    ):
         call.record(
             AIMessage(
                 content="x",
