@@ -8,10 +8,14 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from chatter_otel.config import ConfigError, TelemetryConfig, _is_secret
+
+if TYPE_CHECKING:
+    from chatter_otel.service.settings import ServiceSettings
 
 
 def _settings_error(exc: ValidationError) -> str:
@@ -21,7 +25,7 @@ def _settings_error(exc: ValidationError) -> str:
     return f"invalid {variable}={value!r}: {err['msg']}"
 
 
-def _load() -> tuple[TelemetryConfig, object]:
+def _load() -> tuple[TelemetryConfig, ServiceSettings]:
     from chatter_otel.service.settings import ServiceSettings
 
     config = TelemetryConfig.from_env()
@@ -42,10 +46,8 @@ def _fatal(line: str) -> int:
 
 def cmd_check_config(_args: argparse.Namespace) -> int:
     from chatter_otel import dburl
-    from chatter_otel.service.settings import ServiceSettings
 
     config, settings = _load()
-    assert isinstance(settings, ServiceSettings)
     from chatter_otel.pricing import Pricing, PricingError
 
     try:
@@ -73,12 +75,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config, settings = _load()
     telemetry = setup_telemetry(config)
-    app = create_app(settings, telemetry, shutdown_telemetry=True)  # type: ignore[arg-type]
+    app = create_app(settings, telemetry, shutdown_telemetry=True)
     try:
         uvicorn.run(
             app,
-            host=args.host or settings.host,  # type: ignore[attr-defined]
-            port=args.port or settings.port,  # type: ignore[attr-defined]
+            host=args.host or settings.host,
+            port=args.port or settings.port,
             log_config=None,
         )
     finally:
@@ -90,7 +92,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from chatter_otel.demo import run_demo
 
     config, settings = _load()
-    return asyncio.run(run_demo(config, settings, turns=args.turns))  # type: ignore[arg-type]
+    return asyncio.run(run_demo(config, settings, turns=args.turns))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

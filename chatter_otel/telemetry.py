@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 from chatter_otel import _runtime
-from chatter_otel.config import TelemetryConfig
+from chatter_otel.config import ConfigError, TelemetryConfig
 from chatter_otel.logs import configure_logging
 from chatter_otel.writeback.sampling import AlwaysRecordSampler
 
@@ -286,11 +286,17 @@ def _build(
     configure_logs: bool,
     pricing: Any,
 ) -> Telemetry:
-    from chatter_otel.pricing import Pricing
+    from chatter_otel.pricing import Pricing, PricingError
 
+    if pricing is None:
+        try:
+            pricing = Pricing(config.prices_file)
+        except PricingError as exc:
+            raise ConfigError(
+                "CHATTER_OTEL_PRICES_FILE", str(config.prices_file), f"a valid price file ({exc})"
+            ) from None
     if configure_logs:
         configure_logging(config.log_format, config.log_level)
-    pricing = pricing or Pricing(config.prices_file)
     handle = Telemetry(config=config)
     if config.sdk_disabled:
         logger.warning("OTEL_SDK_DISABLED=true: no spans, no metrics, no usage write-back")

@@ -210,3 +210,16 @@ def test_check_config_masks_secrets(
     out = capsys.readouterr().out
     assert "hunter2" not in out and "sk-live-abcdef" not in out and "xyz" not in out
     assert "postgresql+asyncpg://chatter:***@db:5432/chatter" in out
+
+
+def test_an_invalid_price_file_stops_serve_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("prices:\n  - {provider: x, model: y, input_mtok: -1, output_mtok: 1}\n")
+    monkeypatch.setenv("CHATTER_OTEL_PRICES_FILE", str(prices))
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"chatter-otel: invalid CHATTER_OTEL_PRICES_FILE='{prices}': expected a valid price file (")
+    assert "'input_mtok' must be a finite number >= 0" in err
