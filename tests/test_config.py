@@ -221,5 +221,7 @@ def test_an_invalid_price_file_stops_serve_with_one_line(
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err.startswith(f"chatter-otel: invalid CHATTER_OTEL_PRICES_FILE='{prices}': expected a valid price file (")
+    assert err.startswith(
+        f"chatter-otel: invalid CHATTER_OTEL_PRICES_FILE='{prices}': expected a valid price file ("
+    )
     assert "'input_mtok' must be a finite number >= 0" in err
