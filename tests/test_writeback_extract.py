@@ -19,9 +19,10 @@ from ulid import ULID
 from chatter_otel import conventions as c
 from chatter_otel.pricing import Pricing
 from chatter_otel.service.models import new_ulid
+from chatter_otel.usage import MAX_TOKENS
 from chatter_otel.writeback import TurnRecord, WritebackMapping, extract
 from chatter_otel.writeback.assembler import Assembler
-from chatter_otel.writeback.records import INT32_MAX, MAX_TOKENS, is_ulid
+from chatter_otel.writeback.records import INT32_MAX, is_ulid
 from chatter_otel.writeback.spool import Spool
 from chatter_otel.writeback.stats import Counters
 

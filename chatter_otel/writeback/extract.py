@@ -29,8 +29,8 @@ from typing import Any, Final
 from opentelemetry.sdk.trace import ReadableSpan
 
 from chatter_otel import conventions as c
-from chatter_otel.usage import Usage
-from chatter_otel.writeback.records import MAX_COST, MAX_TOKENS, clean_text, is_ulid
+from chatter_otel.usage import MAX_TOKENS, Usage
+from chatter_otel.writeback.records import MAX_COST, clean_text, is_ulid
 
 INPUT_KEYS: Final = (
     c.GEN_AI_USAGE_INPUT_TOKENS,

@@ -18,8 +18,6 @@ KIND_TURN: Final = "turn"
 KIND_LATE: Final = "late"
 """The record of one LLM span that ended after its owner had been written."""
 
-MAX_TOKENS: Final = 10**9
-"""Largest token count accepted for one call (a billion tokens is absurd for any model today)."""
 MAX_COST: Final = Decimal(10**6)
 """Largest cost in USD accepted for one call or one turn."""
 INT32_MAX: Final = 2**31 - 1
