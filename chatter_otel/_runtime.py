@@ -9,22 +9,19 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from decimal import Decimal
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Tracer, TracerProvider
 
 from chatter_otel.instruments import Instruments
-from chatter_otel.usage import Usage
 from chatter_otel.version import __version__
 
+if TYPE_CHECKING:
+    from chatter_otel.pricing import PricingLike
+
 logger = logging.getLogger("chatter_otel")
-
-
-class PricingLike(Protocol):
-    def cost(self, provider: str | None, model: str | None, usage: Usage) -> Decimal | None: ...
 
 
 @dataclass

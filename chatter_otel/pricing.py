@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Protocol
 
 import yaml
 from genai_prices import Usage as PricesUsage
@@ -40,7 +40,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from chatter_otel.usage import Usage
 
-__all__ = ["Pricing", "PricingError"]
+__all__ = ["Pricing", "PricingError", "PricingLike"]
+
+
+class PricingLike(Protocol):
+    """What spans and the write-back need of :class:`Pricing` (tests may pass their own)."""
+
+    def cost(self, provider: str | None, model: str | None, usage: Usage) -> Decimal | None: ...
+
 
 logger = logging.getLogger(__name__)
 

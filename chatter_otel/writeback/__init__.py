@@ -10,7 +10,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from chatter_otel.writeback.assembler import PricingLike
     from chatter_otel.writeback.mapping import WritebackMapping
     from chatter_otel.writeback.processor import WritebackSpanProcessor
     from chatter_otel.writeback.records import TurnRecord
@@ -19,7 +18,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AlwaysRecordSampler",
-    "PricingLike",
     "TurnRecord",
     "WritebackMapping",
     "WritebackSpanProcessor",
@@ -28,7 +26,6 @@ __all__ = [
 
 _WHERE = {
     "AlwaysRecordSampler": "sampling",
-    "PricingLike": "assembler",
     "TurnRecord": "records",
     "WritebackMapping": "mapping",
     "WritebackSpanProcessor": "processor",

@@ -32,12 +32,11 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 from decimal import Decimal
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from opentelemetry.sdk.trace import ReadableSpan
 
 from chatter_otel import conventions as c
-from chatter_otel.usage import Usage
 from chatter_otel.writeback import extract
 from chatter_otel.writeback.extract import Call, Owner
 from chatter_otel.writeback.records import (
@@ -49,16 +48,13 @@ from chatter_otel.writeback.records import (
 )
 from chatter_otel.writeback.stats import Counters
 
+if TYPE_CHECKING:
+    from chatter_otel.pricing import PricingLike
+
 logger = logging.getLogger("chatter_otel.writeback")
 
 MAX_DEPTH: Final = 1024
 """Longest parent chain followed (a guard against cycles from malformed span data)."""
-
-
-class PricingLike(Protocol):
-    """What the write-back needs of :class:`chatter_otel.pricing.Pricing`."""
-
-    def cost(self, provider: str | None, model: str | None, usage: Usage) -> Decimal | None: ...
 
 
 _SPENT: Final = Call(0, 0, False, None, None, None, None, None, None, None, None, None)

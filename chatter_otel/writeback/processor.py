@@ -36,6 +36,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from opentelemetry.context import Context
 from opentelemetry.metrics import MeterProvider
@@ -43,7 +44,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from sqlalchemy.engine import URL
 
 from chatter_otel import dburl
-from chatter_otel.writeback.assembler import Assembler, PricingLike
+from chatter_otel.writeback.assembler import Assembler
 from chatter_otel.writeback.mapping import WritebackMapping
 from chatter_otel.writeback.records import TurnRecord
 from chatter_otel.writeback.spool import Claim, Spool, default_spool_dir, fallback_spool_dir
@@ -54,6 +55,9 @@ from chatter_otel.writeback.store import (
     Store,
     TransientError,
 )
+
+if TYPE_CHECKING:
+    from chatter_otel.pricing import PricingLike
 
 logger = logging.getLogger("chatter_otel.writeback")
 
