@@ -12,7 +12,11 @@ a  no telemetry: ``setup_telemetry`` never ran, so the span helpers run against 
    OpenTelemetry API's proxy providers with no SDK installed (checked at run time: the span
    they open does not record). This is what an application without chatter-otel runs.
 b  chatter-otel spans and metrics: SDK TracerProvider with a BatchSpanProcessor in front of
-   an exporter that drops everything, SDK MeterProvider with an in-memory (pull) reader.
+   an exporter that drops everything, SDK MeterProvider with an in-memory (pull) reader and
+   the exemplar filter ``setup_telemetry`` picks for the embedded default (Prometheus
+   exposition, which carries no exemplars: off).
+b-otlp  b with the exemplar filter of the OTLP path (trace-based: every measurement made
+   inside a sampled span is offered to the exemplar reservoir).
 c  b plus openinference's LangChain instrumentation as ``setup_telemetry`` installs it.
 c-pool  c with openinference's handler dispatched through the thread pool, as openinference
    itself defaults to (see ``_set_openinference_inline``): what chatter-otel ran before.
@@ -61,7 +65,7 @@ from chatter_otel.pricing import Pricing
 from chatter_otel.service.llm import DEFAULT_MODELS, OfflineChatModel
 from chatter_otel.service.workflow import WORKFLOW_NAME, TurnInput, run_turn
 from chatter_otel.spans import workflow_span
-from chatter_otel.telemetry import Telemetry, setup_telemetry
+from chatter_otel.telemetry import Telemetry, exemplar_filter, setup_telemetry
 
 NAME = "turn"
 TITLE = "Chat-turn overhead (LangGraph turn, offline model, latency 0)"
@@ -92,11 +96,17 @@ class Variant:
     inline: bool | None = None
     """Force openinference's ``run_inline`` (None: as chatter-otel ships it)."""
     sample_ratio: float | None = None
+    otlp_metrics: bool = False
 
 
 VARIANTS = (
     Variant("a", "no telemetry"),
     Variant("b", "chatter-otel spans + metrics"),
+    Variant(
+        "b-otlp",
+        "b with metrics for OTLP (exemplars sampled from the trace)",
+        otlp_metrics=True,
+    ),
     Variant("c", "b + openinference LangChain instrumentation (as shipped)", langchain=True),
     Variant(
         "c-pool",
@@ -114,10 +124,43 @@ VARIANTS = (
 )
 
 
+def _variant(key: str) -> Variant:
+    return next(v for v in VARIANTS if v.key == key)
+
+
 @dataclass
 class Block:
     wall_ns: float
     cpu_ns: float
+    gc_ns: float
+    """Time per turn spent in the cyclic garbage collector (all generations)."""
+
+
+class _GcClock:
+    """Adds up the time the cyclic garbage collector runs while it is installed.
+
+    A span lives in the export queue for many turns, so its objects survive young
+    collections and get promoted: the SDK's spans make the collector run (a turn without
+    telemetry frees everything it allocates by reference counting), and a full collection
+    walks the whole heap. That cost belongs to telemetry but shows in no profile of its code.
+    """
+
+    def __init__(self) -> None:
+        self.total_ns = 0
+        self._started = 0
+
+    def __call__(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter_ns()
+        else:
+            self.total_ns += time.perf_counter_ns() - self._started
+
+    def __enter__(self) -> _GcClock:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        gc.callbacks.remove(self)
 
 
 class _Setup:
@@ -134,13 +177,11 @@ class _Setup:
         )
         if variant.writeback:
             sampler = AlwaysRecordSampler(sampler)  # what setup_telemetry builds for it
-        tracer_provider = TracerProvider(sampler=sampler)
-        tracer_provider.add_span_processor(BatchSpanProcessor(DropExporter()))
-        meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-        self.providers = [tracer_provider, meter_provider]
         config = TelemetryConfig(
             traces_exporters=("none",),
-            metrics_exporters=("none",),
+            # Embedded default: metrics on the service's /metrics (no exemplars); variant
+            # b-otlp: exported over OTLP, exemplars sampled from the trace.
+            metrics_exporters=("otlp",) if variant.otlp_metrics else ("prometheus",),
             logs_exporters=("none",),
             instrument_langchain=variant.langchain,
             writeback_url=str(db.render_as_string(hide_password=False))
@@ -148,6 +189,12 @@ class _Setup:
             else None,
             writeback_spool_path=spool,
         )
+        tracer_provider = TracerProvider(sampler=sampler)
+        tracer_provider.add_span_processor(BatchSpanProcessor(DropExporter()))
+        meter_provider = MeterProvider(
+            metric_readers=[InMemoryMetricReader()], exemplar_filter=exemplar_filter(config)
+        )
+        self.providers = [tracer_provider, meter_provider]
         self.telemetry = setup_telemetry(
             config,
             tracer_provider=tracer_provider,
@@ -189,7 +236,7 @@ def _set_openinference_inline(inline: bool) -> None:
 
 
 def _openinference_shipped_inline(pricing: Pricing) -> bool:
-    setup = _Setup(VARIANTS[2], pricing, None, Path(tempfile.gettempdir()))
+    setup = _Setup(_variant("c"), pricing, None, Path(tempfile.gettempdir()))
     try:
         from openinference.instrumentation.langchain import LangChainInstrumentor
 
@@ -242,13 +289,14 @@ def _block(
         setup.flush()
         gc.collect()
         cpu0, wall0 = time.process_time_ns(), time.perf_counter_ns()
-        loop.run_until_complete(_turns(turn, prompt, ids, n))
+        with _GcClock() as gc_clock:
+            loop.run_until_complete(_turns(turn, prompt, ids, n))
         wall = time.perf_counter_ns() - wall0
         setup.flush()
         cpu = time.process_time_ns() - cpu0
     finally:
         setup.close()
-    return Block(wall / n, cpu / n)
+    return Block(wall / n, cpu / n, gc_clock.total_ns / n)
 
 
 def run(options: Options) -> Section:
@@ -350,7 +398,7 @@ def _report(
     shipped_inline: bool,
     written_ok: bool,
 ) -> None:
-    targets = {"b": TARGET, "d": TARGET}
+    targets = {"b": TARGET, "b-otlp": TARGET, "d": TARGET}
     for name in PROMPTS:
         base = results[(name, "a")]
         wall_a = Summary.of([b.wall_ns for b in base])
@@ -383,6 +431,12 @@ def _report(
                 f"turn, {name} prompt, ({variant.key})−(a): time added per turn",
                 human_ns(added.median),
                 f"{human_ns(added.low)}–{human_ns(added.high)}, n={added.n}",
+            )
+            collected = Summary.of([b.gc_ns - a.gc_ns for b, a in pairs])
+            section.add(
+                f"turn, {name} prompt, ({variant.key})−(a): of which garbage collection",
+                human_ns(collected.median),
+                f"{human_ns(collected.low)}–{human_ns(collected.high)}, n={collected.n}",
             )
     section.notes += [
         f"Each repetition ({reps}) runs every variant once per prompt, in a shuffled order; a "

@@ -29,6 +29,9 @@ SAMPLERS = (
     "parentbased_always_off",
     "parentbased_traceidratio",
 )
+EXEMPLAR_FILTERS = ("trace_based", "always_on", "always_off")
+EXEMPLAR_EXPORTERS = ("otlp", "console")
+"""Metrics exporters that carry exemplars (the Prometheus exposition here does not)."""
 LOG_FORMATS = ("console", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE = ("true", "1", "yes", "on")
@@ -57,6 +60,9 @@ class TelemetryConfig:
     service_name: str = "chatter"
     traces_exporters: tuple[str, ...] = ("none",)
     metrics_exporters: tuple[str, ...] = ("prometheus",)
+    exemplar_filter: str | None = None
+    """``OTEL_METRICS_EXEMPLAR_FILTER``; None: ``trace_based`` when a metrics exporter carries
+    exemplars, else ``always_off`` (sampling exemplars nobody exports costs every record)."""
     logs_exporters: tuple[str, ...] = ("none",)
     traces_protocol: str = "grpc"
     metrics_protocol: str = "grpc"
@@ -69,7 +75,7 @@ class TelemetryConfig:
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
     instrument_fastapi: bool = True
-    instrument_langchain: bool = True
+    instrument_langchain: bool = False
     instrument_sqlalchemy: bool = False
     writeback_enabled: bool = True
     writeback_url: str | None = None
@@ -103,6 +109,7 @@ class TelemetryConfig:
             metrics_exporters=env.exporters(
                 "OTEL_METRICS_EXPORTER", METRICS_EXPORTERS, default_metrics
             ),
+            exemplar_filter=env.optional_choice("OTEL_METRICS_EXEMPLAR_FILTER", EXEMPLAR_FILTERS),
             logs_exporters=env.exporters("OTEL_LOGS_EXPORTER", LOGS_EXPORTERS, "none"),
             traces_protocol=env.choice("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", PROTOCOLS, protocol),
             metrics_protocol=env.choice("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", PROTOCOLS, protocol),
@@ -115,7 +122,7 @@ class TelemetryConfig:
             log_format=env.choice("CHATTER_OTEL_LOG_FORMAT", LOG_FORMATS, "console"),  # type: ignore[arg-type]
             log_level=env.choice("CHATTER_OTEL_LOG_LEVEL", LOG_LEVELS, "INFO", upper=True),
             instrument_fastapi=env.boolean("CHATTER_OTEL_INSTRUMENT_FASTAPI", True),
-            instrument_langchain=env.boolean("CHATTER_OTEL_INSTRUMENT_LANGCHAIN", True),
+            instrument_langchain=env.boolean("CHATTER_OTEL_INSTRUMENT_LANGCHAIN", False),
             instrument_sqlalchemy=env.boolean("CHATTER_OTEL_INSTRUMENT_SQLALCHEMY", False),
             writeback_enabled=env.boolean("CHATTER_OTEL_WRITEBACK", True),
             writeback_url=env.database_url("CHATTER_OTEL_WRITEBACK_URL")
@@ -139,6 +146,13 @@ class TelemetryConfig:
         )
         env.check_numbers()
         return replace(config, **overrides) if overrides else config
+
+    @property
+    def effective_exemplar_filter(self) -> str:
+        if self.exemplar_filter is not None:
+            return self.exemplar_filter
+        exported = any(name in EXEMPLAR_EXPORTERS for name in self.metrics_exporters)
+        return "trace_based" if exported else "always_off"
 
     def describe(self) -> dict[str, str]:
         """The effective configuration for ``check-config``, secrets masked."""
@@ -193,6 +207,11 @@ class _Env:
         if normal not in accepted:
             raise ConfigError(name, value, "one of " + ", ".join(accepted))
         return normal
+
+    def optional_choice(self, name: str, accepted: tuple[str, ...]) -> str | None:
+        if self.raw(name) is None:
+            return None
+        return self.choice(name, accepted, "")
 
     def exporters(self, name: str, accepted: tuple[str, ...], default: str) -> tuple[str, ...]:
         value = self.raw(name)

@@ -235,18 +235,21 @@ class ModelCall:
         return self.record(aggregate_chunks(chunks))
 
     def _record(self, message: Any, response: Response) -> None:
+        # One set_attributes call: each SDK call takes the span's lock and checks its values.
         runtime = _runtime.get()
-        span, usage = self.span, response.usage
+        usage = response.usage
+        attrs: dict[str, AttributeValue] = {}
         if response.model:
-            span.set_attribute(c.GEN_AI_RESPONSE_MODEL, response.model)
+            attrs[c.GEN_AI_RESPONSE_MODEL] = response.model
         if response.finish_reason:
-            span.set_attribute(c.GEN_AI_RESPONSE_FINISH_REASONS, [response.finish_reason])
+            attrs[c.GEN_AI_RESPONSE_FINISH_REASONS] = [response.finish_reason]
         if response.response_id:
-            span.set_attribute(c.GEN_AI_RESPONSE_ID, response.response_id)
+            attrs[c.GEN_AI_RESPONSE_ID] = response.response_id
         if runtime.capture_content and message is not None:
-            span.set_attribute(c.GEN_AI_OUTPUT_MESSAGES, _messages_json([message]))
+            attrs[c.GEN_AI_OUTPUT_MESSAGES] = _messages_json([message])
         if not usage.reported:
-            span.set_attribute(c.CHATTER_USAGE_MISSING, True)
+            attrs[c.CHATTER_USAGE_MISSING] = True
+            self.span.set_attributes(attrs)
             return
         for key, value in (
             (c.GEN_AI_USAGE_INPUT_TOKENS, usage.input_tokens),
@@ -256,31 +259,35 @@ class ModelCall:
             (c.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, usage.reasoning_output_tokens),
         ):
             if value is not None:
-                span.set_attribute(key, value)
-        attrs = self._metric_attrs()
+                attrs[key] = value
+        model = response.model or self.request_model
+        cost = runtime.pricing.cost(self.provider, model, usage)
+        if cost is None:
+            attrs[c.CHATTER_COST_UNPRICED] = True
+        else:
+            attrs[c.GEN_AI_USAGE_COST] = float(cost)
+        self.span.set_attributes(attrs)
+
+        metric_attrs = self._metric_attrs()
         for token_type, count in (
             (c.TOKEN_TYPE_INPUT, usage.input_tokens),
             (c.TOKEN_TYPE_OUTPUT, usage.output_tokens),
         ):
             if count is not None:
                 runtime.instruments.token_usage.record(
-                    count, {**attrs, c.GEN_AI_TOKEN_TYPE: token_type}
+                    count, {**metric_attrs, c.GEN_AI_TOKEN_TYPE: token_type}
                 )
-        model = response.model or self.request_model
-        cost = runtime.pricing.cost(self.provider, model, usage)
         cost_attrs = {
             c.GEN_AI_PROVIDER_NAME: self.provider,
             c.GEN_AI_REQUEST_MODEL: self.request_model,
         }
         turn = _turn.get()
         if cost is None:
-            span.set_attribute(c.CHATTER_COST_UNPRICED, True)
             runtime.instruments.llm_unpriced.add(1, cost_attrs)
             runtime.warn_unpriced_once(self.provider, model)
             if turn is not None:
                 turn.unpriced_calls += 1
             return
-        span.set_attribute(c.GEN_AI_USAGE_COST, float(cost))
         runtime.instruments.llm_cost.add(float(cost), cost_attrs)
         if turn is not None:
             turn.cost += cost

@@ -8,6 +8,7 @@ import pytest
 
 from chatter_otel.cli import main
 from chatter_otel.config import ConfigError, TelemetryConfig
+from chatter_otel.telemetry import exemplar_filter
 
 
 def test_embedded_default_needs_no_collector() -> None:
@@ -45,6 +46,42 @@ def test_standard_variables_are_read() -> None:
     assert config.writeback_url == "postgresql+asyncpg://chatter:pw@db:5432/chatter"
 
 
+def test_openinference_is_opt_in() -> None:
+    assert TelemetryConfig.from_env({}).instrument_langchain is False
+    on = TelemetryConfig.from_env({"CHATTER_OTEL_INSTRUMENT_LANGCHAIN": "true"})
+    assert on.instrument_langchain is True
+
+
+@pytest.mark.parametrize(
+    ("env", "effective"),
+    [
+        ({}, "always_off"),  # Prometheus exposition: exemplars would be dropped
+        ({"OTEL_METRICS_EXPORTER": "none"}, "always_off"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}, "trace_based"),
+        ({"OTEL_METRICS_EXPORTER": "prometheus,console"}, "trace_based"),
+        ({"OTEL_METRICS_EXEMPLAR_FILTER": "always_on"}, "always_on"),
+        (
+            {"OTEL_METRICS_EXPORTER": "otlp", "OTEL_METRICS_EXEMPLAR_FILTER": "always_off"},
+            "always_off",
+        ),
+    ],
+    ids=["default", "none", "otlp", "console", "explicit-on", "explicit-off"],
+)
+def test_exemplars_are_sampled_only_where_an_exporter_carries_them(
+    env: dict[str, str], effective: str
+) -> None:
+    config = TelemetryConfig.from_env(env)
+    assert config.effective_exemplar_filter == effective
+    assert (
+        type(exemplar_filter(config)).__name__
+        == {
+            "always_off": "AlwaysOffExemplarFilter",
+            "always_on": "AlwaysOnExemplarFilter",
+            "trace_based": "TraceBasedExemplarFilter",
+        }[effective]
+    )
+
+
 def test_writeback_url_wins_over_database_url() -> None:
     config = TelemetryConfig.from_env(
         {"DATABASE_URL": "sqlite:///a.db", "CHATTER_OTEL_WRITEBACK_URL": "sqlite:///b.db"}
@@ -80,6 +117,11 @@ INVALID = [
         "OTEL_METRICS_EXPORTER",
         "statsd",
         "invalid OTEL_METRICS_EXPORTER='statsd': expected a comma-separated list of otlp, prometheus, console, none",
+    ),
+    (
+        "OTEL_METRICS_EXEMPLAR_FILTER",
+        "sometimes",
+        "invalid OTEL_METRICS_EXEMPLAR_FILTER='sometimes': expected one of trace_based, always_on, always_off",
     ),
     (
         "OTEL_LOGS_EXPORTER",

@@ -14,11 +14,12 @@ PROMPT = "my passport number is X1234567"
 KEY = "sk-proj-secret-key-0987654321"
 
 
+@pytest.mark.parametrize("openinference", [False, True], ids=["default", "openinference"])
 async def test_nothing_of_the_prompt_or_key_is_in_spans_metrics_or_logs(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, openinference: bool
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    with FakeOpenAIServer() as fake, capture_telemetry() as cap:
+    with FakeOpenAIServer() as fake, capture_telemetry(instrument_langchain=openinference) as cap:
         async with running_service(
             f"sqlite:///{tmp_path}/s.db",
             cap.telemetry,
@@ -29,6 +30,8 @@ async def test_nothing_of_the_prompt_or_key_is_in_spans_metrics_or_logs(
             assert (await api.say(cid, PROMPT)).status_code == 201
             await api.stream(cid, PROMPT)
             await api.say(cid, f"{PROMPT} please calculate 2*3")
+        kinds = {(s.attributes or {}).get("openinference.span.kind") for s in cap.spans()}
+        assert ("LLM" in kinds) is openinference
         exported: list[str] = []
         for span in cap.spans():
             exported.append(str(dict(span.attributes or {})))

@@ -663,6 +663,24 @@ def test_row_committed_two_seconds_after_the_span(db_url: URL, make: Factory) ->
     assert aggregates_exact(db_url) == []
 
 
+def test_turns_ending_within_one_flush_interval_share_one_transaction(
+    db_url: URL, make: Factory
+) -> None:
+    # A transaction costs the same for 1 record or 500: writing each small trickle of
+    # records as it arrives would cost the application CPU on every turn.
+    rows = seed(db_url, messages=20)
+    cid = rows.conversations[0]
+    t = make(flush_interval=3.0)
+    steps: list[str] = []
+    t.processor.store.fault = steps.append
+    for mid in rows.messages[cid]:
+        simple_turn(t.tracer, mid, cid, [(12, 3)])
+        time.sleep(0.02)
+    assert wait_until(lambda: t.processor.stats.applied == 20, timeout=10)
+    assert steps.count("commit") == 1
+    assert aggregates_exact(db_url) == []
+
+
 def test_message_that_never_appears_is_orphaned(db_url: URL, make: Factory) -> None:
     rows = seed(db_url, messages=1)
     cid = rows.conversations[0]

@@ -21,7 +21,9 @@ from tests.service_client import Api, running_service
 @pytest.fixture
 async def api(db_url: URL) -> AsyncIterator[tuple[Api, CapturedTelemetry]]:
     url = db_url.render_as_string(hide_password=False)
-    with capture_telemetry(writeback_url=url, writeback_flush_interval_s=0.1) as cap:
+    with capture_telemetry(
+        writeback_url=url, writeback_flush_interval_s=0.1, instrument_langchain=True
+    ) as cap:
         async with running_service(url, cap.telemetry) as api:
             yield api, cap
 
