@@ -19,9 +19,10 @@ assembler thread
 writer thread
     writes records in batches (one transaction per batch, see :mod:`.store`) when
     ``batch_size`` records are ready or the oldest has waited ``flush_interval`` seconds;
-    retries with capped exponential backoff while the database is unreachable; keeps records whose message row is not committed yet and retries them
-    until ``message_ttl`` has passed (then they are logged and counted as orphaned); replays
-    spool files, its own and those left by processes that died.
+    retries with capped exponential backoff while the database is unreachable; keeps
+    records whose message row is not committed yet and retries them until ``message_ttl``
+    has passed (then they are logged and counted as orphaned); replays spool files, its own
+    and those left by processes that died.
 """
 
 from __future__ import annotations
