@@ -163,6 +163,8 @@ class TelemetryConfig:
             value = getattr(self, f.name)
             if f.name == "writeback_url" and value:
                 value = dburl.masked(value)
+            if f.name == "exemplar_filter":
+                value = self.effective_exemplar_filter
             if isinstance(value, tuple):
                 value = ",".join(value)
             shown[f.name] = "" if value is None else str(value)
