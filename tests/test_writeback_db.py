@@ -681,6 +681,28 @@ def test_turns_ending_within_one_flush_interval_share_one_transaction(
     assert aggregates_exact(db_url) == []
 
 
+def test_flush_interval_counts_from_the_turns_end_not_from_its_arrival(
+    db_url: URL, make: Factory
+) -> None:
+    # A turn whose spans reach the processor late (exported late, replayed) has waited its
+    # interval already: it is written at once, not one more interval later.
+    rows = seed(db_url, messages=1)
+    cid = rows.conversations[0]
+    mid = rows.messages[cid][0]
+    t = make(flush_interval=60.0)
+    ended = time.time_ns() - 61 * 10**9
+    owner = t.tracer.start_span(
+        "invoke_workflow chatter", attributes=owner_attrs(mid, cid), start_time=ended
+    )
+    call = t.tracer.start_span(
+        "chat m", trace.set_span_in_context(owner), attributes=genai_attrs(12, 3), start_time=ended
+    )
+    call.end(end_time=ended + 1000)
+    owner.end(end_time=ended + 2000)
+    assert wait_until(lambda: t.processor.stats.applied == 1, timeout=10)
+    assert message(db_url, mid)["total_tokens"] == 15
+
+
 def test_message_that_never_appears_is_orphaned(db_url: URL, make: Factory) -> None:
     rows = seed(db_url, messages=1)
     cid = rows.conversations[0]
