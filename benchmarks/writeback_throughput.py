@@ -451,7 +451,8 @@ def run(options: Options) -> Section:
         "execute_tool, chat) from memory: the rate is the processor's, not the span producer's.",
         "Raw SQL is the ceiling, not a competitor: it has no ledger, so a retried or replayed "
         "batch would add a turn twice and a crash between its two statements leaves totals wrong.",
-        f"Freshness: default processor settings (flush interval 1 s, late-span grace 0.2 s); "
+        f"Freshness: default processor settings (flush interval 1 s, so a batch is written when "
+        f"its oldest turn ended 1 s ago or 500 are ready; late-span grace 0.1 s); "
         f"the generator ended {fresh.emitted:,} turns paced in 10 ms ticks (largest lag behind "
         f"schedule {fresh.max_lag_s * 1000:.0f} ms); a separate process polled every 20 ms.",
         f"Writer processes: {k_scale:,} turns split evenly over 1, 2 and 4 spawned processes "
