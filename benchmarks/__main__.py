@@ -1,6 +1,6 @@
 """``python -m benchmarks``: every measurement of chatter-otel's cost, one table.
 
-    python -m benchmarks            # full run (~10 min), writes benchmarks/RESULTS.md
+    python -m benchmarks            # full run (~11 min), writes benchmarks/RESULTS.md
     python -m benchmarks --quick    # smoke run (~2 min), prints only
     python -m benchmarks --only turn [--only http ...]
 
