@@ -94,6 +94,18 @@ def _worker(
     )
 
 
+def _restart_and_drain(tmp_path: Path, url: URL) -> Worker:
+    """The next process on the same spool: ends no turns, replays and writes everything,
+    exits 0 (its last report is kept on the returned worker)."""
+    (tmp_path / "none.json").write_text("[]")
+    second = _worker(tmp_path, "second", url, tmp_path / "none.json", "--then", "drain")
+    try:
+        assert second.wait(90) == 0, second.err()
+    finally:
+        second.stop()
+    return second
+
+
 def _written(url: URL, turns: list[Turn]) -> dict[str, int]:
     """Messages that received usage, each checked to be exactly its turn's."""
     ledger = ledger_rows(url)
@@ -139,14 +151,7 @@ def test_hard_crash_while_the_database_is_unreachable_loses_only_what_was_in_mem
             first.stop()
         on_disk = spool_records(tmp_path / "spool")
         proxy.up()
-        (tmp_path / "none.json").write_text("[]")
-        second = _worker(
-            tmp_path, "second", via(url, proxy.port), tmp_path / "none.json", "--then", "drain"
-        )
-        try:
-            assert second.wait(90) == 0, second.err()
-        finally:
-            second.stop()
+        second = _restart_and_drain(tmp_path, via(url, proxy.port))
     written = _written(url, turns)
     lost = TURNS - len(written)
     figures = (
@@ -189,14 +194,7 @@ def test_hard_crash_while_the_database_hangs_loses_at_most_what_fits_in_memory(
         on_disk = spool_records(tmp_path / "spool")
         proxy.cut_all()  # the dead process's connection is gone
         proxy.flow()
-        (tmp_path / "none.json").write_text("[]")
-        second = _worker(
-            tmp_path, "second", via(url, proxy.port), tmp_path / "none.json", "--then", "drain"
-        )
-        try:
-            assert second.wait(90) == 0, second.err()
-        finally:
-            second.stop()
+        _restart_and_drain(tmp_path, via(url, proxy.port))
     written = _written(url, turns)
     lost = TURNS - len(written)
     figures = (
@@ -256,14 +254,7 @@ def test_hard_crash_in_the_middle_of_a_transaction_leaves_every_row_exact(
         written_at_kill = _written(url, turns)
         assert aggregates_exact(url, touched_only=True) == []
         proxy.delay(0.0)
-        (tmp_path / "none.json").write_text("[]")
-        second = _worker(
-            tmp_path, "second", via(url, proxy.port), tmp_path / "none.json", "--then", "drain"
-        )
-        try:
-            assert second.wait(90) == 0, second.err()
-        finally:
-            second.stop()
+        second = _restart_and_drain(tmp_path, via(url, proxy.port))
     written = _written(url, turns)
     emitted = at_kill["emitted"]  # reported after every turn: at most one more ended
     lost = max(0, emitted - len(written))
