@@ -479,6 +479,7 @@ class WritebackSpanProcessor(SpanProcessor):
                     records += self._assembler.take(now, force=True)
                 if records:
                     self._enqueue(records)
+                self._spool_stuck_overflow()
             except Exception:
                 more = False
                 logger.exception("write-back assembler error (continuing)")
@@ -548,13 +549,18 @@ class WritebackSpanProcessor(SpanProcessor):
                 len(self._overflow) >= _OVERFLOW_BATCH
             ):
                 self._cond.notify_all()
-            # Stuck: the writer has not spooled the overflow for a while (a hung statement).
+
+    def _spool_stuck_overflow(self) -> None:
+        """Spools the overflow here when the writer has not for a while (a hung statement).
+
+        Checked on every pass, not only when records arrive: after the last turn, overflow
+        left in memory would otherwise wait for the writer and be lost in a crash."""
+        with self._cond:
             stuck = len(self._overflow) >= _OVERFLOW_STUCK or (
                 bool(self._overflow)
                 and time.monotonic() - self._overflow_since >= _OVERFLOW_STUCK_S
             )
         if stuck:
-            # The writer has not spooled for a while (stuck in the database): do it here.
             self._spool_overflow(force=True)
 
     def _overflow_due(self) -> bool:
