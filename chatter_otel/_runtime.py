@@ -8,20 +8,30 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Tracer, TracerProvider
 
+from chatter_otel import conventions as c
 from chatter_otel.instruments import Instruments
+from chatter_otel.usage import Usage
 from chatter_otel.version import __version__
 
 if TYPE_CHECKING:
     from chatter_otel.pricing import PricingLike
 
 logger = logging.getLogger("chatter_otel")
+
+WARN_WINDOW_S: Final = 60.0
+"""Unpriced-model warnings are rate-limited per window of this length..."""
+WARN_PER_WINDOW: Final = 5
+"""...to this many distinct models; the rest are summed up in one line per window."""
+_LABEL_CACHE_LIMIT: Final = 1024
+_PROBE: Final = Usage(input_tokens=1, output_tokens=1)
 
 
 @dataclass
@@ -30,7 +40,13 @@ class Runtime:
     instruments: Instruments
     pricing: PricingLike
     capture_content: bool = False
+    known_models: frozenset[str] = frozenset()
+    """Model names configured by the application: always their own metric label."""
     _warned: set[tuple[str | None, str | None]] = field(default_factory=set)
+    _window_start: float = float("-inf")
+    _window_warnings: int = 0
+    _suppressed: int = 0
+    _labels: dict[tuple[str, str], str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -40,6 +56,7 @@ class Runtime:
         meter_provider: MeterProvider | None = None,
         pricing: PricingLike | None = None,
         capture_content: bool = False,
+        known_models: frozenset[str] = frozenset(),
     ) -> Runtime:
         if pricing is None:
             from chatter_otel.pricing import Pricing
@@ -47,17 +64,59 @@ class Runtime:
             pricing = Pricing()
         provider = tracer_provider or trace.get_tracer_provider()
         return cls(
-            tracer=provider.get_tracer("chatter_otel", __version__),
+            tracer=provider.get_tracer("chatter_otel", __version__, schema_url=c.SCHEMA_URL),
             instruments=Instruments.create(meter_provider),
             pricing=pricing,
             capture_content=capture_content,
+            known_models=known_models,
         )
 
-    def warn_unpriced_once(self, provider: str | None, model: str | None) -> None:
+    def model_label(self, provider: str, model: str) -> str:
+        """``model`` as a metric attribute value: itself if priced or configured, else _OTHER.
+
+        Model names can come from clients; as label values they would make one series each
+        (3,000 names made /metrics 32 MB) and push real models into the SDK's overflow
+        series. Spans keep the real name.
+        """
+        key = (provider, model)
+        label = self._labels.get(key)
+        if label is None:
+            known = model in self.known_models or (
+                self.pricing.cost(provider, model, _PROBE) is not None
+            )
+            label = model if known else c.OTHER_VALUE
+            with self._lock:
+                if len(self._labels) >= _LABEL_CACHE_LIMIT:
+                    self._labels.clear()
+                self._labels[key] = label
+        return label
+
+    def warn_unpriced(self, provider: str | None, model: str | None) -> None:
+        """Warn once per model, at most ``WARN_PER_WINDOW`` models per window.
+
+        Junk model names must not flood the log (one WARNING per name before); models past
+        the limit are counted and reported in one line when the next window opens.
+        """
+        now = time.monotonic()
         with self._lock:
             if (provider, model) in self._warned:
                 return
-            self._warned.add((provider, model))
+            suppressed = 0
+            if now - self._window_start >= WARN_WINDOW_S:
+                suppressed, self._suppressed = self._suppressed, 0
+                self._window_start, self._window_warnings = now, 0
+            if self._window_warnings >= WARN_PER_WINDOW:
+                self._suppressed += 1
+                return
+            self._window_warnings += 1
+            if len(self._warned) < _LABEL_CACHE_LIMIT:
+                self._warned.add((provider, model))
+        if suppressed:
+            logger.warning(
+                "%d more models without a known price in the last %.0f s (not listed)",
+                suppressed,
+                WARN_WINDOW_S,
+            )
         logger.warning(
             "no price known for provider=%s model=%s: cost left unset "
             "(add it to CHATTER_OTEL_PRICES_FILE)",

@@ -7,12 +7,13 @@ follow the GenAI semantic conventions; usage, cost and model reach the span thro
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
-import json
 import logging
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -24,7 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from chatter_otel import _runtime
+from chatter_otel import _runtime, content
 from chatter_otel import conventions as c
 from chatter_otel.usage import Response, aggregate_chunks, from_ai_message
 
@@ -51,10 +52,36 @@ def _error_type(exc: BaseException) -> str:
     return type(exc).__qualname__
 
 
+_RECORDED = "_chatter_otel_recorded"
+"""Marks an exception already recorded on a span: enclosing spans set status only."""
+MAX_CHUNK_GAPS = 100_000
+"""Inter-chunk times kept per streamed call for the time-per-chunk histogram."""
+
+
 def _fail(span: Span, exc: BaseException) -> None:
-    span.set_status(Status(StatusCode.ERROR, f"{_error_type(exc)}: {exc}"[:500]))
+    """Error status, ``error.type`` and one ``exception`` event per exception.
+
+    The status description is the message (the conventions advise against repeating the
+    type). The event carries no deprecated ``exception.escaped`` (the SDK's
+    ``record_exception`` always adds it) and is added once: a chat call's failure that also
+    fails its workflow is an event on the chat span only.
+    """
+    message = str(exc)
+    span.set_status(Status(StatusCode.ERROR, message[:500] or None))
     span.set_attribute(c.ERROR_TYPE, _error_type(exc))
-    span.record_exception(exc, escaped=True)
+    if getattr(exc, _RECORDED, False):
+        return
+    # An exception type that refuses attributes may be recorded twice: harmless.
+    with contextlib.suppress(AttributeError):
+        setattr(exc, _RECORDED, True)
+    span.add_event(
+        "exception",
+        {
+            c.EXCEPTION_TYPE: _error_type(exc),
+            c.EXCEPTION_MESSAGE: message,
+            c.EXCEPTION_STACKTRACE: "".join(traceback.format_exception(exc)),
+        },
+    )
 
 
 class _Scope(Generic[H]):
@@ -183,7 +210,12 @@ class workflow_span(_Scope[Span]):
             _fail(span, exc)
         else:
             span.add_event(c.EVENT_WORKFLOW_COMPLETED)
-        metric_attrs = {c.GEN_AI_WORKFLOW_NAME: self.name, c.ATTR_WORKFLOW_OUTCOME: outcome}
+        metric_attrs: dict[str, AttributeValue] = {
+            c.GEN_AI_WORKFLOW_NAME: self.name,
+            c.ATTR_WORKFLOW_OUTCOME: outcome,
+        }
+        if exc is not None:
+            metric_attrs[c.ERROR_TYPE] = _error_type(exc)
         runtime.instruments.workflow_duration.record(elapsed, metric_attrs)
         if turn is not None and turn.priced_calls and not turn.unpriced_calls:
             runtime.instruments.turn_cost.record(
@@ -201,21 +233,49 @@ class ModelCall:
     operation: str
     response: Response | None = None
     _recorded: bool = field(default=False, repr=False)
+    started: float = field(default_factory=time.perf_counter, repr=False)
+    """When the request was issued (the handle is made as the span starts)."""
+    _first_chunk: float | None = field(default=None, repr=False)
+    _last_chunk: float = field(default=0.0, repr=False)
+    _chunk_gaps: list[float] = field(default_factory=list, repr=False)
 
     def _metric_attrs(self) -> dict[str, AttributeValue]:
+        # Model names are bounded (issue 13.7): unknown ones become _OTHER here, not on spans.
+        runtime = _runtime.get()
         attrs: dict[str, AttributeValue] = {
             c.GEN_AI_OPERATION_NAME: self.operation,
             c.GEN_AI_PROVIDER_NAME: self.provider,
-            c.GEN_AI_REQUEST_MODEL: self.request_model,
+            c.GEN_AI_REQUEST_MODEL: runtime.model_label(self.provider, self.request_model),
         }
         if self.response is not None and self.response.model:
-            attrs[c.GEN_AI_RESPONSE_MODEL] = self.response.model
+            attrs[c.GEN_AI_RESPONSE_MODEL] = runtime.model_label(self.provider, self.response.model)
         return attrs
 
     def record_input(self, messages: Sequence[Any]) -> None:
         """Attach the prompt, only when content capture is on."""
         if _runtime.get().capture_content:
-            self.span.set_attribute(c.GEN_AI_INPUT_MESSAGES, _messages_json(messages))
+            self.span.set_attribute(c.GEN_AI_INPUT_MESSAGES, content.input_messages_json(messages))
+
+    def on_chunk(self) -> None:
+        """Call as each streamed chunk arrives: time to first chunk and time per chunk."""
+        now = time.perf_counter()
+        if self._first_chunk is None:
+            self._first_chunk = now
+        elif len(self._chunk_gaps) < MAX_CHUNK_GAPS:
+            self._chunk_gaps.append(now - self._last_chunk)
+        self._last_chunk = now
+
+    def _record_chunk_timing(self, attrs: Mapping[str, AttributeValue]) -> None:
+        """At the end of a streamed call: the span attribute and both chunk histograms."""
+        if self._first_chunk is None:
+            return
+        runtime = _runtime.get()
+        first = self._first_chunk - self.started
+        self.span.set_attribute(c.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, first)
+        runtime.instruments.time_to_first_chunk.record(first, attrs)
+        per_chunk = runtime.instruments.time_per_output_chunk
+        for gap in self._chunk_gaps:
+            per_chunk.record(gap, attrs)
 
     def record(self, message: Any) -> Response:
         """Put what the provider reported on the span and into the metrics, once."""
@@ -245,8 +305,18 @@ class ModelCall:
             attrs[c.GEN_AI_RESPONSE_FINISH_REASONS] = [response.finish_reason]
         if response.response_id:
             attrs[c.GEN_AI_RESPONSE_ID] = response.response_id
+        if self.provider == c.PROVIDER_OPENAI:
+            for key, text in (
+                (c.OPENAI_RESPONSE_SERVICE_TIER, response.service_tier),
+                (c.OPENAI_RESPONSE_SYSTEM_FINGERPRINT, response.system_fingerprint),
+                (c.OPENAI_API_TYPE, response.api_type),
+            ):
+                if text is not None:
+                    attrs[key] = text
         if runtime.capture_content and message is not None:
-            attrs[c.GEN_AI_OUTPUT_MESSAGES] = _messages_json([message])
+            attrs[c.GEN_AI_OUTPUT_MESSAGES] = content.output_messages_json(
+                message, response.finish_reason
+            )
         if not usage.reported:
             attrs[c.CHATTER_USAGE_MISSING] = True
             self.span.set_attributes(attrs)
@@ -265,7 +335,7 @@ class ModelCall:
         if cost is None:
             attrs[c.CHATTER_COST_UNPRICED] = True
         else:
-            attrs[c.GEN_AI_USAGE_COST] = float(cost)
+            attrs[c.CHATTER_USAGE_COST] = float(cost)
         self.span.set_attributes(attrs)
 
         metric_attrs = self._metric_attrs()
@@ -279,12 +349,12 @@ class ModelCall:
                 )
         cost_attrs = {
             c.GEN_AI_PROVIDER_NAME: self.provider,
-            c.GEN_AI_REQUEST_MODEL: self.request_model,
+            c.GEN_AI_REQUEST_MODEL: metric_attrs[c.GEN_AI_REQUEST_MODEL],
         }
         turn = _turn.get()
         if cost is None:
             runtime.instruments.llm_unpriced.add(1, cost_attrs)
-            runtime.warn_unpriced_once(self.provider, model)
+            runtime.warn_unpriced(self.provider, model)
             if turn is not None:
                 turn.unpriced_calls += 1
             return
@@ -349,22 +419,47 @@ class model_span(_Scope[ModelCall]):
             # The caller never recorded a response: usage is unknown, not zero.
             self._span.set_attribute(c.CHATTER_USAGE_MISSING, True)
         runtime.instruments.operation_duration.record(time.perf_counter() - self._started, attrs)
+        call._record_chunk_timing(call._metric_attrs())
 
 
 class tool_span(_Scope[Span]):
-    """``execute_tool {name}``: one tool call made on the model's behalf."""
+    """``execute_tool {name}``: one tool call made on the model's behalf.
 
-    def __init__(self, name: str, *, call_id: str | None = None) -> None:
-        super().__init__(name, call_id=call_id)
+    ``arguments`` (and the result, through :func:`record_tool_result`) are content: they
+    reach the span only when content capture is on.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        call_id: str | None = None,
+        description: str | None = None,
+        tool_type: str = c.TOOL_TYPE_FUNCTION,
+        arguments: Any = None,
+    ) -> None:
+        super().__init__(
+            name,
+            call_id=call_id,
+            description=description,
+            tool_type=tool_type,
+            arguments=arguments,
+        )
         self.name, self.call_id = name, call_id
+        self.description, self.tool_type, self.arguments = description, tool_type, arguments
 
     def _open(self) -> tuple[Span, Span]:
         attrs: dict[str, AttributeValue] = {
             c.GEN_AI_OPERATION_NAME: c.OPERATION_EXECUTE_TOOL,
             c.GEN_AI_TOOL_NAME: self.name,
+            c.GEN_AI_TOOL_TYPE: self.tool_type,
         }
         if self.call_id:
             attrs[c.GEN_AI_TOOL_CALL_ID] = self.call_id
+        if self.description:
+            attrs[c.GEN_AI_TOOL_DESCRIPTION] = self.description
+        if self.arguments is not None and _runtime.get().capture_content:
+            attrs[c.GEN_AI_TOOL_CALL_ARGUMENTS] = content.json_value(self.arguments)
         span = _runtime.get().tracer.start_span(
             f"{c.OPERATION_EXECUTE_TOOL} {self.name}", kind=SpanKind.INTERNAL, attributes=attrs
         )
@@ -375,15 +470,12 @@ class tool_span(_Scope[Span]):
             _fail(self._span, exc)
 
 
+def record_tool_result(span: Span, result: Any) -> None:
+    """Put a tool's result on its ``execute_tool`` span, only when content capture is on."""
+    if _runtime.get().capture_content:
+        span.set_attribute(c.GEN_AI_TOOL_CALL_RESULT, content.json_value(result))
+
+
 def record_ai_message(call: ModelCall, message: Any) -> Response:
     """Record a LangChain ``AIMessage`` (or summed stream chunks) on a model span."""
     return call.record(message)
-
-
-def _messages_json(messages: Sequence[Any]) -> str:
-    out = []
-    for m in messages:
-        role = getattr(m, "type", None) or (m.get("role") if isinstance(m, dict) else "user")
-        content = getattr(m, "content", None) if not isinstance(m, dict) else m.get("content")
-        out.append({"role": role, "content": content if isinstance(content, str) else str(content)})
-    return json.dumps(out, ensure_ascii=False)

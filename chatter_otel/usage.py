@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,11 @@ class Response:
     model: str | None
     finish_reason: str | None
     response_id: str | None
+    """The provider's completion id (``chatcmpl-...``), not LangChain's run id."""
+    service_tier: str | None = None
+    system_fingerprint: str | None = None
+    api_type: str | None = None
+    """``chat_completions`` or ``responses`` for OpenAI, when the response shows which."""
 
 
 MAX_TOKENS = 10**9
@@ -83,12 +88,42 @@ def from_ai_message(message: Any) -> Response:
         reasoning_output_tokens=_count(output_details.get("reasoning")),
     )
     meta = _mapping(getattr(message, "response_metadata", None))
+    # LangChain stamps its own run id (``lc_run--...``) on messages that lack one; the
+    # provider's completion id is in the metadata when the integration keeps it.
+    message_id = _text(getattr(message, "id", None))
+    if message_id is not None and message_id.startswith(_LC_RUN_PREFIX):
+        message_id = None
+    response_id = _text(meta.get("id")) or message_id
     return Response(
         usage=usage,
         model=_text(meta.get("model_name")) or _text(meta.get("model")),
         finish_reason=_text(meta.get("finish_reason")) or _text(meta.get("stop_reason")),
-        response_id=_text(getattr(message, "id", None)),
+        response_id=response_id,
+        service_tier=_text(meta.get("service_tier")),
+        system_fingerprint=_text(meta.get("system_fingerprint")),
+        api_type=_api_type(meta, response_id),
     )
+
+
+_LC_RUN_PREFIX: Final = "lc_run-"
+_API_TYPES: Final[Mapping[str, str]] = {
+    "chat.completion": "chat_completions",
+    "chat.completion.chunk": "chat_completions",
+    "response": "responses",
+}
+
+
+def _api_type(meta: Mapping[str, Any], response_id: str | None) -> str | None:
+    """Which OpenAI API answered: from the response's ``object`` or its id's prefix."""
+    kind = meta.get("object")
+    if isinstance(kind, str) and kind in _API_TYPES:
+        return _API_TYPES[kind]
+    if response_id is not None:
+        if response_id.startswith("chatcmpl-"):
+            return "chat_completions"
+        if response_id.startswith("resp_"):
+            return "responses"
+    return None
 
 
 def _mapping(value: object) -> Mapping[str, Any]:

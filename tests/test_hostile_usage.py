@@ -87,7 +87,7 @@ def test_recording_hostile_responses_never_raises(
     for key in (c.GEN_AI_USAGE_INPUT_TOKENS, c.GEN_AI_USAGE_OUTPUT_TOKENS):
         value = (span.attributes or {}).get(key)
         assert value is None or (type(value) is int and 0 <= value <= MAX_TOKENS)
-    cost = (span.attributes or {}).get(c.GEN_AI_USAGE_COST)
+    cost = (span.attributes or {}).get(c.CHATTER_USAGE_COST)
     assert cost is None or (isinstance(cost, float) and cost >= 0)
 
 

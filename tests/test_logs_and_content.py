@@ -72,8 +72,12 @@ async def test_content_capture_puts_prompt_and_completion_on_the_model_span(tmp_
             await api.say(await api.conversation(), "hello you")
         attrs = cap.span("chat offline-echo-1").attributes or {}
     assert json.loads(str(attrs[c.GEN_AI_INPUT_MESSAGES])) == [
-        {"role": "human", "content": "hello you"}
+        {"role": "user", "parts": [{"type": "text", "content": "hello you"}]}
     ]
     assert json.loads(str(attrs[c.GEN_AI_OUTPUT_MESSAGES])) == [
-        {"role": "ai", "content": "You said: hello you"}
+        {
+            "role": "assistant",
+            "parts": [{"type": "text", "content": "You said: hello you"}],
+            "finish_reason": "stop",
+        }
     ]

@@ -54,8 +54,21 @@ async def test_openai_turn_records_the_reported_usage_and_cost(
     assert attrs[c.GEN_AI_PROVIDER_NAME] == "openai"
     assert attrs[c.GEN_AI_RESPONSE_MODEL] == "gpt-4o-mini"
     assert (attrs[c.GEN_AI_USAGE_INPUT_TOKENS], attrs[c.GEN_AI_USAGE_OUTPUT_TOKENS]) == (5, 3)
-    assert attrs[c.GEN_AI_USAGE_COST] == pytest.approx(5 * 0.15e-6 + 3 * 0.6e-6, abs=1e-15)
+    assert attrs[c.CHATTER_USAGE_COST] == pytest.approx(5 * 0.15e-6 + 3 * 0.6e-6, abs=1e-15)
     assert attrs[c.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
+
+
+async def test_openai_call_carries_the_completion_id_and_openai_attributes(
+    api: Api, cap: CapturedTelemetry
+) -> None:
+    cid = await api.conversation(llm_provider="openai")
+    await api.say(cid, "hello there")
+    attrs = cap.span("chat gpt-4o-mini").attributes or {}
+    # The provider's completion id, not LangChain's run id (lc_run--...).
+    assert str(attrs[c.GEN_AI_RESPONSE_ID]).startswith("chatcmpl-")
+    assert attrs[c.OPENAI_RESPONSE_SERVICE_TIER] == "default"
+    assert attrs[c.OPENAI_RESPONSE_SYSTEM_FINGERPRINT] == "fp_fake0001"
+    assert attrs[c.OPENAI_API_TYPE] == "chat_completions"
 
 
 async def test_openai_tool_call_round_trip(api: Api, cap: CapturedTelemetry) -> None:
@@ -87,7 +100,7 @@ async def test_cached_prompt_tokens_are_reported_as_a_subset(
     assert attrs[c.GEN_AI_USAGE_INPUT_TOKENS] == 5
     assert attrs[c.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 4
     # 1 uncached at $0.15/M, 4 cached at $0.075/M, 3 output at $0.60/M
-    assert attrs[c.GEN_AI_USAGE_COST] == pytest.approx(
+    assert attrs[c.CHATTER_USAGE_COST] == pytest.approx(
         1 * 0.15e-6 + 4 * 0.075e-6 + 3 * 0.6e-6, abs=1e-15
     )
 

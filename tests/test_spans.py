@@ -88,7 +88,7 @@ async def test_model_span_carries_usage_cost_and_provider(api: Api, cap: Capture
         c.CHATTER_CONVERSATION_ID: cid,
         c.GEN_AI_USAGE_INPUT_TOKENS: 5,  # "Hello there" = 2, + 3 per message
         c.GEN_AI_USAGE_OUTPUT_TOKENS: 5,  # "You said: Hello there"
-        c.GEN_AI_USAGE_COST: pytest.approx(5 * 0.5e-6 + 5 * 1.5e-6, abs=1e-15),
+        c.CHATTER_USAGE_COST: pytest.approx(5 * 0.5e-6 + 5 * 1.5e-6, abs=1e-15),
     }
 
 
@@ -98,11 +98,38 @@ async def test_streamed_turn_records_usage_from_the_last_chunk(
     cid = await api.conversation()
     await api.stream(cid, "Hello there")
     attrs = dict(cap.span("chat offline-echo-1").attributes or {})
-    assert attrs[c.CHATTER_STREAMING] is True
+    assert attrs[c.GEN_AI_REQUEST_STREAM] is True
     assert attrs[c.GEN_AI_USAGE_INPUT_TOKENS] == 5
     assert attrs[c.GEN_AI_USAGE_OUTPUT_TOKENS] == 5
     assert attrs[c.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
-    assert cap.span("invoke_workflow chat").attributes[c.CHATTER_STREAMING] is True  # type: ignore[index]
+    assert cap.span("invoke_workflow chat").attributes[c.GEN_AI_REQUEST_STREAM] is True  # type: ignore[index]
+
+
+async def test_streamed_call_reports_time_to_first_chunk_and_per_chunk(
+    api: Api, cap: CapturedTelemetry
+) -> None:
+    cid = await api.conversation()
+    await api.stream(cid, "Hello there")  # "You said: Hello there": 4 word chunks + 1 final
+    attrs = dict(cap.span("chat offline-echo-1").attributes or {})
+    first = attrs[c.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK]
+    assert isinstance(first, float) and first > 0
+    labels = {
+        c.GEN_AI_OPERATION_NAME: "chat",
+        c.GEN_AI_PROVIDER_NAME: "offline",
+        c.GEN_AI_REQUEST_MODEL: "offline-echo-1",
+        c.GEN_AI_RESPONSE_MODEL: "offline-echo-1",
+    }
+    assert cap.point(c.METRIC_TIME_TO_FIRST_CHUNK, labels).count == 1
+    assert cap.point(c.METRIC_TIME_PER_OUTPUT_CHUNK, labels).count == 4
+
+
+async def test_plain_call_reports_no_chunk_timing(api: Api, cap: CapturedTelemetry) -> None:
+    cid = await api.conversation()
+    await api.say(cid, "Hello there")
+    attrs = dict(cap.span("chat offline-echo-1").attributes or {})
+    assert c.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK not in attrs
+    assert cap.points(c.METRIC_TIME_TO_FIRST_CHUNK) == []
+    assert cap.points(c.METRIC_TIME_PER_OUTPUT_CHUNK) == []
 
 
 async def test_tool_turn_has_two_model_calls_and_a_tool_span(
@@ -133,6 +160,8 @@ async def test_tool_turn_has_two_model_calls_and_a_tool_span(
     assert dict(tool.attributes or {}) == {
         c.GEN_AI_OPERATION_NAME: "execute_tool",
         c.GEN_AI_TOOL_NAME: "calculator",
+        c.GEN_AI_TOOL_TYPE: "function",
+        c.GEN_AI_TOOL_DESCRIPTION: tool.attributes[c.GEN_AI_TOOL_DESCRIPTION],  # type: ignore[index]
         c.GEN_AI_TOOL_CALL_ID: tool.attributes[c.GEN_AI_TOOL_CALL_ID],  # type: ignore[index]
     }
     turn_cost = cap.point(c.METRIC_TURN_COST, {c.GEN_AI_WORKFLOW_NAME: "chat"})
@@ -148,17 +177,27 @@ async def test_failed_turn_marks_workflow_and_model_spans_as_errors(
     workflow, model = cap.span("invoke_workflow chat"), cap.span("chat offline-echo-1")
     for span in (workflow, model):
         assert span.status.status_code is StatusCode.ERROR
+        assert span.status.description == "offline provider failure requested by #fail"
         assert span.attributes[c.ERROR_TYPE] == "OfflineModelError"  # type: ignore[index]
-        assert "exception" in [e.name for e in span.events]
+    # The exception is recorded once, where it was raised, without exception.escaped.
+    [exception] = [e for e in model.events if e.name == "exception"]
+    assert sorted(exception.attributes or {}) == [
+        c.EXCEPTION_MESSAGE,
+        c.EXCEPTION_STACKTRACE,
+        c.EXCEPTION_TYPE,
+    ]
     assert [e.name for e in workflow.events] == [
         c.EVENT_WORKFLOW_STARTED,
         c.EVENT_WORKFLOW_FAILED,
-        "exception",
     ]
     assert workflow.attributes[c.CHATTER_WORKFLOW_OUTCOME] == "error"  # type: ignore[index]
     point = cap.point(
         c.METRIC_WORKFLOW_DURATION,
-        {c.GEN_AI_WORKFLOW_NAME: "chat", c.ATTR_WORKFLOW_OUTCOME: "error"},
+        {
+            c.GEN_AI_WORKFLOW_NAME: "chat",
+            c.CHATTER_WORKFLOW_OUTCOME: "error",
+            c.ERROR_TYPE: "OfflineModelError",
+        },
     )
     assert point.count == 1
     duration = cap.point(
@@ -182,9 +221,10 @@ async def test_unknown_model_is_unpriced_never_zero(
     spans = [s for s in cap.spans() if s.name == "chat mystery-model-9"]
     assert len(spans) == 2
     for span in spans:
-        assert c.GEN_AI_USAGE_COST not in (span.attributes or {})
+        assert c.CHATTER_USAGE_COST not in (span.attributes or {})
         assert span.attributes[c.CHATTER_COST_UNPRICED] is True  # type: ignore[index]
-    labels = {c.GEN_AI_PROVIDER_NAME: "offline", c.GEN_AI_REQUEST_MODEL: "mystery-model-9"}
+    # Unknown models are one metric label value; the spans above keep the real name.
+    labels = {c.GEN_AI_PROVIDER_NAME: "offline", c.GEN_AI_REQUEST_MODEL: "_OTHER"}
     assert cap.point(c.METRIC_LLM_UNPRICED, labels).value == 2
     assert [p for p in cap.points(c.METRIC_LLM_COST) if dict(p.attributes) == labels] == []
     warnings = [r for r in caplog.records if "no price known" in r.getMessage()]
@@ -282,7 +322,14 @@ def test_metrics_carry_no_conversation_or_user_ids(cap: CapturedTelemetry) -> No
         for p in m.data.data_points
         for k in p.attributes
     }
-    assert not [k for k in keys if k.startswith("chatter.") or k.endswith(".id")]
+    assert keys == {
+        c.GEN_AI_OPERATION_NAME,
+        c.GEN_AI_PROVIDER_NAME,
+        c.GEN_AI_REQUEST_MODEL,
+        c.GEN_AI_TOKEN_TYPE,
+        c.GEN_AI_WORKFLOW_NAME,
+        c.CHATTER_WORKFLOW_OUTCOME,
+    }
 
 
 def test_helpers_work_as_decorators_sync_and_async(cap: CapturedTelemetry) -> None:

@@ -19,7 +19,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
 from chatter_otel.service.tools import TOOLS
-from chatter_otel.spans import model_span, tool_span
+from chatter_otel.spans import model_span, record_tool_result, tool_span
 
 WORKFLOW_NAME = "chat"
 
@@ -61,6 +61,7 @@ async def call_model(state: ChatState, config: RunnableConfig) -> dict[str, Any]
         if turn.streaming:
             reply: Any = None
             async for chunk in llm.astream(messages, config):
+                call.on_chunk()
                 reply = chunk if reply is None else reply + chunk
             if reply is None:
                 reply = AIMessageChunk(content="")
@@ -76,11 +77,15 @@ async def call_tools(state: ChatState) -> dict[str, Any]:
     for tool_call in getattr(last, "tool_calls", []):
         name, call_id = tool_call["name"], tool_call["id"]
         try:
-            async with tool_span(name, call_id=call_id):
-                tool = TOOLS.get(name)
+            tool = TOOLS.get(name)
+            description = tool.description if tool is not None else None
+            async with tool_span(
+                name, call_id=call_id, description=description, arguments=tool_call["args"]
+            ) as span:
                 if tool is None:
                     raise LookupError(f"unknown tool {name!r}")
                 content = str(await tool.ainvoke(tool_call["args"]))
+                record_tool_result(span, content)
             status = "success"
         except Exception as exc:  # the model sees the error and can answer anyway
             content, status = f"error: {exc}", "error"

@@ -62,7 +62,9 @@ PROVIDER_KEYS: Final = (
     c.OI_LLM_PROVIDER,
     c.OI_LLM_SYSTEM,
 )
-USAGE_KEYS: Final = frozenset((*INPUT_KEYS, *OUTPUT_KEYS, *TOTAL_KEYS, c.GEN_AI_USAGE_COST))
+# chatter-otel writes its own cost attribute; others' gen_ai.usage.cost is read too.
+COST_KEYS: Final = (c.CHATTER_USAGE_COST, c.GEN_AI_USAGE_COST)
+USAGE_KEYS: Final = frozenset((*INPUT_KEYS, *OUTPUT_KEYS, *TOTAL_KEYS, *COST_KEYS))
 """A span carrying any of these is an LLM call with usage (a roll-up if it has such children)."""
 RELEVANT_KEYS: Final = USAGE_KEYS | {c.CHATTER_MESSAGE_ID}
 
@@ -329,7 +331,7 @@ def read_call(
             span_id, end_ns, False, *_NO_USAGE, model, provider, finish, None, start_ns, genai
         )
     cost: Decimal | None = None
-    raw_cost = get(c.GEN_AI_USAGE_COST)
+    raw_cost = _first(attrs, COST_KEYS)
     if raw_cost is not None:
         try:
             cost = cost_value(raw_cost)
