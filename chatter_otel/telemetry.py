@@ -317,6 +317,10 @@ def _build(
             ) from None
     if configure_logs:
         configure_logging(config.log_format, config.log_level)
+    if config.instrument_fastapi:
+        from chatter_otel.http_semconv import prefer_stable_http
+
+        prefer_stable_http()  # before any instrumentation reads the opt-in (once per process)
     handle = Telemetry(config=config)
     if config.sdk_disabled:
         logger.warning("OTEL_SDK_DISABLED=true: no spans, no metrics, no usage write-back")
