@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from opentelemetry import trace
+from opentelemetry._logs import Logger, LoggerProvider, get_logger_provider
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Tracer, TracerProvider
 
@@ -42,6 +43,12 @@ class Runtime:
     capture_content: bool = False
     known_models: frozenset[str] = frozenset()
     """Model names configured by the application: always their own metric label."""
+    event_logger: Logger = field(
+        default_factory=lambda: get_logger_provider().get_logger(
+            "chatter_otel", __version__, schema_url=c.SCHEMA_URL
+        )
+    )
+    """Where exception log events go (only with OTEL_SEMCONV_EXCEPTION_SIGNAL_OPT_IN)."""
     _warned: set[tuple[str | None, str | None]] = field(default_factory=set)
     _window_start: float = float("-inf")
     _window_warnings: int = 0
@@ -57,6 +64,7 @@ class Runtime:
         pricing: PricingLike | None = None,
         capture_content: bool = False,
         known_models: frozenset[str] = frozenset(),
+        logger_provider: LoggerProvider | None = None,
     ) -> Runtime:
         if pricing is None:
             from chatter_otel.pricing import Pricing
@@ -69,6 +77,9 @@ class Runtime:
             pricing=pricing,
             capture_content=capture_content,
             known_models=known_models,
+            event_logger=(logger_provider or get_logger_provider()).get_logger(
+                "chatter_otel", __version__, schema_url=c.SCHEMA_URL
+            ),
         )
 
     def model_label(self, provider: str, model: str) -> str:

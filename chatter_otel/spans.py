@@ -7,13 +7,11 @@ follow the GenAI semantic conventions; usage, cost and model reach the span thro
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 import inspect
 import logging
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,10 +20,10 @@ from typing import Any, Generic, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
-from chatter_otel import _runtime, content
+from chatter_otel import _runtime, content, errors
 from chatter_otel import conventions as c
 from chatter_otel.usage import Response, aggregate_chunks, from_ai_message
 
@@ -48,40 +46,13 @@ class _Turn:
 _turn: contextvars.ContextVar[_Turn | None] = contextvars.ContextVar("chatter_turn", default=None)
 
 
-def _error_type(exc: BaseException) -> str:
-    return type(exc).__qualname__
-
-
-_RECORDED = "_chatter_otel_recorded"
-"""Marks an exception already recorded on a span: enclosing spans set status only."""
+_error_type = errors.error_type
 MAX_CHUNK_GAPS = 100_000
 """Inter-chunk times kept per streamed call for the time-per-chunk histogram."""
 
 
-def _fail(span: Span, exc: BaseException) -> None:
-    """Error status, ``error.type`` and one ``exception`` event per exception.
-
-    The status description is the message (the conventions advise against repeating the
-    type). The event carries no deprecated ``exception.escaped`` (the SDK's
-    ``record_exception`` always adds it) and is added once: a chat call's failure that also
-    fails its workflow is an event on the chat span only.
-    """
-    message = str(exc)
-    span.set_status(Status(StatusCode.ERROR, message[:500] or None))
-    span.set_attribute(c.ERROR_TYPE, _error_type(exc))
-    if getattr(exc, _RECORDED, False):
-        return
-    # An exception type that refuses attributes may be recorded twice: harmless.
-    with contextlib.suppress(AttributeError):
-        setattr(exc, _RECORDED, True)
-    span.add_event(
-        "exception",
-        {
-            c.EXCEPTION_TYPE: _error_type(exc),
-            c.EXCEPTION_MESSAGE: message,
-            c.EXCEPTION_STACKTRACE: "".join(traceback.format_exception(exc)),
-        },
-    )
+def _fail(span: Span, exc: BaseException, *, genai_client: bool = False) -> None:
+    errors.fail(span, exc, _runtime.get().event_logger, genai_client=genai_client)
 
 
 class _Scope(Generic[H]):
@@ -413,7 +384,7 @@ class model_span(_Scope[ModelCall]):
         call, runtime = self._handle, _runtime.get()
         attrs = call._metric_attrs()
         if exc is not None:
-            _fail(self._span, exc)
+            _fail(self._span, exc, genai_client=True)
             attrs[c.ERROR_TYPE] = _error_type(exc)
         if not call._recorded and exc is None:
             # The caller never recorded a response: usage is unknown, not zero.

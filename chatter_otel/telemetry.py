@@ -408,7 +408,11 @@ def _build(
 
     _runtime.install(
         _runtime.Runtime.create(
-            tracer_provider, meter_provider, pricing=pricing, capture_content=config.capture_content
+            tracer_provider,
+            meter_provider,
+            pricing=pricing,
+            capture_content=config.capture_content,
+            logger_provider=handle.logger_provider,
         )
     )
     return handle
