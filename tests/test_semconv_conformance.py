@@ -336,6 +336,8 @@ async def test_plain_turn_conforms(api: Api, cap: CapturedTelemetry, provider: s
     [chat] = [s for s in spans if s.kind is SpanKind.CLIENT]
     attrs = chat.attributes or {}
     assert not str(attrs[ga.GEN_AI_RESPONSE_ID]).startswith("lc_run")
+    # "If and only if the request is streaming".
+    assert ga.GEN_AI_REQUEST_STREAM not in attrs
     if provider == "openai":
         assert str(attrs[ga.GEN_AI_RESPONSE_ID]).startswith("chatcmpl-")
         assert attrs[oa.OPENAI_RESPONSE_SERVICE_TIER] == "default"
