@@ -7,6 +7,7 @@ of replacing it: two providers would split one trace in two.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 import time
@@ -63,6 +64,20 @@ def _bounded(stop: Callable[[], object], deadline: float, what: str) -> None:
 
 _lock = threading.Lock()
 _active: Telemetry | None = None
+
+
+def _installed(module: str) -> bool:
+    """Whether an optional integration's module can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
+def _require(enabled: bool, variable: str, module: str, extra: str) -> None:
+    """A switched-on integration whose package is missing stops start-up with one line."""
+    if enabled and not _installed(module):
+        raise ConfigError(variable, "true", f"false, or install 'chatter-otel[{extra}]'")
 
 
 def _sampler(config: TelemetryConfig) -> Sampler:
@@ -174,6 +189,15 @@ class Telemetry:
         if self.prometheus:
             app.add_route("/metrics", _prometheus_metrics, include_in_schema=False)
         if self.config.instrument_fastapi and self.tracer_provider is not None:
+            if not _installed("opentelemetry.instrumentation.fastapi"):
+                # The lean install has no FastAPI instrumentation: the app still runs,
+                # the operator learns once why its server spans are missing.
+                logger.warning(
+                    "no server spans: opentelemetry-instrumentation-fastapi is not installed "
+                    "(pip install 'chatter-otel[fastapi]', or set "
+                    "CHATTER_OTEL_INSTRUMENT_FASTAPI=false)"
+                )
+                return
             from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
             FastAPIInstrumentor.instrument_app(
@@ -315,6 +339,18 @@ def _build(
             raise ConfigError(
                 "CHATTER_OTEL_PRICES_FILE", str(config.prices_file), f"a valid price file ({exc})"
             ) from None
+    _require(
+        config.instrument_langchain,
+        "CHATTER_OTEL_INSTRUMENT_LANGCHAIN",
+        "openinference.instrumentation.langchain",
+        "openinference",
+    )
+    _require(
+        config.instrument_sqlalchemy,
+        "CHATTER_OTEL_INSTRUMENT_SQLALCHEMY",
+        "opentelemetry.instrumentation.sqlalchemy",
+        "sqlalchemy-instrumentation",
+    )
     if configure_logs:
         configure_logging(config.log_format, config.log_level)
     handle = Telemetry(config=config)
