@@ -5,22 +5,29 @@ was known when the client left: the text streamed so far and no usage (NULL, nev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from chatter_otel import workflow_span
 from chatter_otel.testing import FakeOpenAIServer, capture_telemetry
 from tests._faults import ServiceProcess, service_env, serving, url_text
-from tests.test_writeback_support import engine_for
+from tests._pg import free_port
+from tests.test_writeback_support import engine_for, wait_until
 
 DETACH_ERROR = "Failed to detach context"
 
@@ -43,6 +50,68 @@ async def test_a_generator_closed_from_another_task_ends_its_span_without_an_err
     assert span.end_time is not None
     assert DETACH_ERROR not in caplog.text
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+WORDS = ["one ", "two ", "three ", "four ", "five ", "six "]
+
+
+def _guide_app(saved: list[str]) -> FastAPI:
+    """The README's streaming pattern: the workflow span inside the SSE generator, the
+    message stored in a ``finally`` shielded from the disconnect's cancellation."""
+    app = FastAPI()
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def events() -> AsyncIterator[str]:
+            text = ""
+            try:
+                async with workflow_span("chat"):
+                    for word in WORDS:
+                        await asyncio.sleep(0.2)  # the model generating
+                        text += word
+                        yield f"data: {word}\n\n"
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.sleep(0.05)  # the app's own insert, awaiting its database
+                    saved.append(text)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+@contextlib.contextmanager
+def _uvicorn(app: FastAPI) -> Iterator[str]:
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: server.started, timeout=30)
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_the_readme_pattern_stores_the_message_when_the_client_leaves(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    saved: list[str] = []
+    with capture_telemetry() as captured, _uvicorn(_guide_app(saved)) as base_url:
+        with (
+            httpx.Client(base_url=base_url, timeout=30) as client,
+            client.stream("GET", "/stream") as response,
+        ):
+            lines = (line for line in response.iter_lines() if line.startswith("data: "))
+            assert [next(lines), next(lines)] == ["data: one ", "data: two "]
+        assert wait_until(lambda: saved != [], timeout=10)
+        assert wait_until(lambda: len(captured.spans()) == 1, timeout=10)
+        span = captured.span("invoke_workflow chat")
+    assert saved[0].startswith("one two ") and saved[0] != "".join(WORDS)
+    assert span.end_time is not None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @pytest.fixture
