@@ -3,8 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install demo test test-slow lint bench prometheus
+.PHONY: install demo test test-suite test-lean test-lowest test-slow lint bench prometheus
 
+# The library with the reference service, openinference and the test tools (`test` extra).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -26,8 +27,20 @@ lint: install
 	$(VENV)/bin/ruff format --check chatter_otel tests benchmarks
 	$(VENV)/bin/mypy
 
-test: install prometheus
+# What CI runs (.ci/run): lint, the suite on the newest versions, the lean install, and the
+# suite again on the lowest supported versions (constraints/lowest.txt, Chatter's Python).
+test: lint test-suite test-lean test-lowest
+
+test-suite: install prometheus
 	$(VENV)/bin/pytest -m "not slow"
+
+# `pip install .` alone brings none of the service's stack and imports none of it.
+test-lean:
+	PYTHON=$(PYTHON) scripts/ci-lean-install.sh
+
+# The library's tests on the lowest versions pyproject.toml allows.
+test-lowest: prometheus
+	scripts/ci-lowest-versions.sh
 
 test-slow: install prometheus
 	$(VENV)/bin/pytest -m slow

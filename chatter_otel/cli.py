@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,22 @@ def _settings_error(exc: ValidationError) -> str:
     variable = str(err["loc"][0]).upper() if err["loc"] else "?"
     value = "***" if _is_secret(variable) else os.environ.get(variable, "")
     return f"invalid {variable}={value!r}: {err['msg']}"
+
+
+def _need_service(command: str) -> None:
+    """``serve`` and ``demo`` run the reference service, which the lean install lacks."""
+    missing = [
+        name
+        for name in ("fastapi", "uvicorn", "langgraph", "pydantic_settings", "ulid", "rich")
+        if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        raise SystemExit(
+            _fatal(
+                f"`chatter-otel {command}` runs the reference service, which needs "
+                f"'chatter-otel[service]' (missing: {', '.join(missing)})"
+            )
+        )
 
 
 def _load() -> tuple[TelemetryConfig, ServiceSettings]:
@@ -45,11 +62,11 @@ def _fatal(line: str) -> int:
 
 
 def cmd_check_config(_args: argparse.Namespace) -> int:
-    from chatter_otel import dburl
-
-    config, settings = _load()
+    """What the library will do in an app with this environment; the reference service's
+    own settings (and its embedded database) only where the service is installed."""
     from chatter_otel.pricing import Pricing, PricingError
 
+    config = TelemetryConfig.from_env()
     try:
         Pricing(config.prices_file)
     except PricingError as exc:
@@ -57,17 +74,29 @@ def cmd_check_config(_args: argparse.Namespace) -> int:
     print("chatter-otel configuration (effective):")
     for key, value in config.describe().items():
         print(f"  {key:32} {value}")
-    print("service:")
+    print(config.writeback_status())
+    if importlib.util.find_spec("pydantic_settings") is None:
+        return 0
+    _print_service()
+    return 0
+
+
+def _print_service() -> None:
+    from chatter_otel import dburl
+
+    config, settings = _load()
+    print("reference service (chatter-otel serve, demo):")
     for key, value in settings.model_dump().items():
         if key == "database_url":
             value = dburl.masked(value)
         elif value is not None and (_is_secret(key) or "key" in key):
             value = "***"
         print(f"  {key:32} {value}")
-    return 0
+    print(f"  serve/demo {config.writeback_status()}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    _need_service("serve")
     import uvicorn
 
     from chatter_otel.service.api import create_app
@@ -89,6 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    _need_service("demo")
     from chatter_otel.demo import run_demo
 
     config, settings = _load()

@@ -154,6 +154,19 @@ class TelemetryConfig:
         exported = any(name in EXEMPLAR_EXPORTERS for name in self.metrics_exporters)
         return "trace_based" if exported else "always_off"
 
+    def writeback_status(self) -> str:
+        """One line: whether the write-back runs and where, or why not (password masked)."""
+        if self.sdk_disabled:
+            return "write-back off: OTEL_SDK_DISABLED=true"
+        if not self.writeback_enabled:
+            return "write-back off: CHATTER_OTEL_WRITEBACK=false"
+        if not self.writeback_url:
+            return (
+                "write-back off: no database URL (pass setup_telemetry(writeback_url=...) "
+                "or set CHATTER_OTEL_WRITEBACK_URL / DATABASE_URL)"
+            )
+        return f"write-back on: {dburl.masked(self.writeback_url)}"
+
     def describe(self) -> dict[str, str]:
         """The effective configuration for ``check-config``, secrets masked."""
         shown: dict[str, str] = {}

@@ -55,6 +55,10 @@ def _fail(span: Span, exc: BaseException, *, genai_client: bool = False) -> None
     errors.fail(span, exc, _runtime.get().event_logger, genai_client=genai_client)
 
 
+_SCOPE_MARK: contextvars.ContextVar[int] = contextvars.ContextVar("chatter_otel_scope", default=0)
+"""Set on entering a scope; resetting it tells whether the exit runs in the same context."""
+
+
 class _Scope(Generic[H]):
     """A span's lifetime as ``with``, ``async with`` or a decorator (fresh span per call)."""
 
@@ -62,6 +66,7 @@ class _Scope(Generic[H]):
         self._args, self._kwargs = args, kwargs
         self._span: Span | None = None
         self._token: object | None = None
+        self._mark: contextvars.Token[int] | None = None
         self._handle: H | None = None
 
     def _open(self) -> tuple[Span, H]:
@@ -74,6 +79,7 @@ class _Scope(Generic[H]):
         span, handle = self._open()
         self._span, self._handle = span, handle
         self._token = otel_context.attach(trace.set_span_in_context(span))
+        self._mark = _SCOPE_MARK.set(id(self))
         return handle
 
     def __exit__(
@@ -86,8 +92,21 @@ class _Scope(Generic[H]):
             logger.debug("closing span failed", exc_info=True)
         finally:
             self._span.end()
-            if self._token is not None:
+            if self._token is not None and self._in_own_context():
                 otel_context.detach(self._token)  # type: ignore[arg-type]
+
+    def _in_own_context(self) -> bool:
+        """False when the scope is closed from another context than the one it was entered
+        in: an async generator streaming a turn, finalised by the event loop after the
+        client disconnected. The span has ended all the same; detaching there would only
+        make OpenTelemetry log "Failed to detach context" at ERROR."""
+        if self._mark is None:
+            return True
+        try:
+            _SCOPE_MARK.reset(self._mark)
+        except ValueError:  # the token was created in another contextvars.Context
+            return False
+        return True
 
     async def __aenter__(self) -> H:
         return self.__enter__()

@@ -7,15 +7,15 @@ of replacing it: two providers would split one trace in two.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opentelemetry import metrics, trace
-from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, ConsoleLogExporter
 from opentelemetry.sdk.metrics import (
@@ -40,9 +40,10 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
+from sqlalchemy.engine import URL
 
-from chatter_otel import _runtime
-from chatter_otel.config import ConfigError, TelemetryConfig
+from chatter_otel import _runtime, dburl
+from chatter_otel.config import ConfigError, TelemetryConfig, dburl_safe
 from chatter_otel.logs import configure_logging
 from chatter_otel.writeback.sampling import AlwaysRecordSampler
 
@@ -63,6 +64,20 @@ def _bounded(stop: Callable[[], object], deadline: float, what: str) -> None:
 
 _lock = threading.Lock()
 _active: Telemetry | None = None
+
+
+def _installed(module: str) -> bool:
+    """Whether an optional integration's module can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
+def _require(enabled: bool, variable: str, module: str, extra: str) -> None:
+    """A switched-on integration whose package is missing stops start-up with one line."""
+    if enabled and not _installed(module):
+        raise ConfigError(variable, "true", f"false, or install 'chatter-otel[{extra}]'")
 
 
 def _sampler(config: TelemetryConfig) -> Sampler:
@@ -174,6 +189,15 @@ class Telemetry:
         if self.prometheus:
             app.add_route("/metrics", _prometheus_metrics, include_in_schema=False)
         if self.config.instrument_fastapi and self.tracer_provider is not None:
+            if not _installed("opentelemetry.instrumentation.fastapi"):
+                # The lean install has no FastAPI instrumentation: the app still runs,
+                # the operator learns once why its server spans are missing.
+                logger.warning(
+                    "no server spans: opentelemetry-instrumentation-fastapi is not installed "
+                    "(pip install 'chatter-otel[fastapi]', or set "
+                    "CHATTER_OTEL_INSTRUMENT_FASTAPI=false)"
+                )
+                return
             from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
             FastAPIInstrumentor.instrument_app(
@@ -273,6 +297,7 @@ class TraceResponseMiddleware:
 def setup_telemetry(
     config: TelemetryConfig | None = None,
     *,
+    writeback_url: str | URL | None = None,
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
     set_global: bool = True,
@@ -282,20 +307,35 @@ def setup_telemetry(
 ) -> Telemetry:
     """Configure tracing, metrics, logs and the write-back from the environment.
 
-    Keyword ``overrides`` replace fields of ``TelemetryConfig`` (arguments beat the
-    environment). Idempotent: a second call returns the active handle. Raises
-    ``ConfigError`` with one line naming the bad variable.
+    ``writeback_url`` is the database the write-back fills, as the app already holds it
+    (a string or a SQLAlchemy ``URL``; ``postgresql+asyncpg://`` is fine): apps that read
+    their settings from a ``.env`` file pass ``settings.database_url`` here, since the
+    environment variables would not be set. Keyword ``overrides`` replace fields of
+    ``TelemetryConfig`` (arguments beat the environment). Idempotent: a second call
+    returns the active handle. Raises ``ConfigError`` with one line naming the bad value.
     """
     global _active
     with _lock:
         if _active is not None:
             return _active
         config = config or TelemetryConfig.from_env(**overrides)
+        if writeback_url is not None:
+            config = replace(config, writeback_url=_checked_url(writeback_url))
         handle = _build(
             config, tracer_provider, meter_provider, set_global, configure_logs, pricing
         )
         _active = handle
         return handle
+
+
+def _checked_url(url: str | URL) -> str:
+    if isinstance(url, URL):
+        url = url.render_as_string(hide_password=False)
+    try:
+        dburl.parse(url)
+    except dburl.DatabaseURLError:
+        raise ConfigError("writeback_url", dburl_safe(str(url)), dburl.ACCEPTED) from None
+    return url
 
 
 def _build(
@@ -315,6 +355,18 @@ def _build(
             raise ConfigError(
                 "CHATTER_OTEL_PRICES_FILE", str(config.prices_file), f"a valid price file ({exc})"
             ) from None
+    _require(
+        config.instrument_langchain,
+        "CHATTER_OTEL_INSTRUMENT_LANGCHAIN",
+        "openinference.instrumentation.langchain",
+        "openinference",
+    )
+    _require(
+        config.instrument_sqlalchemy,
+        "CHATTER_OTEL_INSTRUMENT_SQLALCHEMY",
+        "opentelemetry.instrumentation.sqlalchemy",
+        "sqlalchemy-instrumentation",
+    )
     if configure_logs:
         configure_logging(config.log_format, config.log_level)
     if config.instrument_fastapi:
@@ -322,6 +374,9 @@ def _build(
 
         prefer_stable_http()  # before any instrumentation reads the opt-in (once per process)
     handle = Telemetry(config=config)
+    # Exactly one line says whether usage reaches the database, so a write-back left off
+    # by a missing URL (a .env the library never reads) is seen at start-up.
+    logger.info("%s", config.writeback_status())
     if config.sdk_disabled:
         logger.warning("OTEL_SDK_DISABLED=true: no spans, no metrics, no usage write-back")
         _runtime.install(_runtime.Runtime.create(pricing=pricing))
@@ -385,7 +440,7 @@ def _build(
         logger_provider = LoggerProvider(resource=resource)
         for exporter in log_exporters:
             logger_provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
-        log_handler = LoggingHandler(logger_provider=logger_provider)
+        log_handler = _logging_handler(logger_provider)
         logging.getLogger().addHandler(log_handler)
         handle.logger_provider = logger_provider
         handle._owned.append(logger_provider)
@@ -399,6 +454,9 @@ def _build(
             instrumentor.instrument(
                 tracer_provider=tracer_provider,
                 inject_trace_context=True,
+                # Before 0.64b0 the ids are always injected, and this alone keeps it from
+                # calling logging.basicConfig when OTEL_PYTHON_LOG_CORRELATION is set.
+                set_logging_format=False,
                 enable_log_auto_instrumentation=False,
             )
             handle._uninstrument.append(instrumentor.uninstrument)
@@ -416,6 +474,16 @@ def _build(
         )
     )
     return handle
+
+
+def _logging_handler(logger_provider: LoggerProvider) -> logging.Handler:
+    """The OTel logs bridge: in opentelemetry-instrumentation-logging since 0.64b0, in the
+    SDK (now deprecated there) before."""
+    try:
+        from opentelemetry.instrumentation.logging.handler import LoggingHandler
+    except ImportError:  # opentelemetry-instrumentation-logging < 0.64b0
+        from opentelemetry.sdk._logs import LoggingHandler  # type: ignore[assignment]
+    return LoggingHandler(logger_provider=logger_provider)
 
 
 def _instrument_langchain(

@@ -154,6 +154,7 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await db.create_tables()
         yield
+        await service.wait_for_streams(timeout_s=10.0)
         await db.dispose()
         if shutdown_telemetry:
             # Here, not after uvicorn.run(): uvicorn re-raises SIGTERM once the app has

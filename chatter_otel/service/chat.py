@@ -50,6 +50,10 @@ class TurnFailed(RuntimeError):
         self.message = message
 
 
+class ClientDisconnected(RuntimeError):
+    """The client closed a streamed response before its turn ended."""
+
+
 @dataclass
 class Delta:
     content: str
@@ -59,6 +63,7 @@ class ChatService:
     def __init__(self, db: Database, settings: ServiceSettings) -> None:
         self.db, self.settings = db, settings
         self._sqlite_lock = asyncio.Lock()
+        self._streams: set[asyncio.Task[None]] = set()
 
     # --- users and conversations -------------------------------------------------------
     async def create_user(self, username: str, email: str) -> User:
@@ -266,23 +271,81 @@ class ChatService:
     async def _stream(
         self, conversation: Conversation, turn: TurnInput, history: list[BaseMessage]
     ) -> AsyncIterator[Delta | Message]:
+        """The turn runs in a task of its own and the response only relays its deltas.
+
+        A client that disconnects closes this generator (from another task, once the
+        server notices): the turn is then cancelled, its spans end in the task that opened
+        them, and the assistant message is stored all the same, with the text streamed so
+        far and the usage known at that point (none reported: NULL, never 0).
+        """
         message_id = new_ulid()
+        queue: asyncio.Queue[Delta | Message | TurnFailed] = asyncio.Queue()
+        parts: list[str] = []
+        producer = asyncio.create_task(
+            self._produce(conversation, message_id, turn, history, parts, queue)
+        )
+        saver = asyncio.create_task(
+            self._save_stream(conversation, message_id, producer, parts, queue)
+        )
+        self._streams.add(saver)
+        saver.add_done_callback(self._streams.discard)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, TurnFailed):
+                    raise item
+                yield item
+                if isinstance(item, Message):
+                    return
+        finally:
+            if not producer.done():
+                producer.cancel()  # nobody reads the answer any more: stop generating it
+
+    async def _produce(
+        self,
+        conversation: Conversation,
+        message_id: str,
+        turn: TurnInput,
+        history: list[BaseMessage],
+        parts: list[str],
+        queue: asyncio.Queue[Delta | Message | TurnFailed],
+    ) -> TurnResult:
+        async with _workflow(conversation, message_id, streaming=True):
+            async for item in stream_turn(turn, history):
+                if isinstance(item, TurnResult):
+                    return item
+                parts.append(item)
+                queue.put_nowait(Delta(item))
+        raise RuntimeError("the workflow ended without a result")
+
+    async def _save_stream(
+        self,
+        conversation: Conversation,
+        message_id: str,
+        producer: asyncio.Task[TurnResult],
+        parts: list[str],
+        queue: asyncio.Queue[Delta | Message | TurnFailed],
+    ) -> None:
         result: TurnResult | None = None
         error: BaseException | None = None
         try:
-            async with _workflow(conversation, message_id, streaming=True):
-                async for item in stream_turn(turn, history):
-                    if isinstance(item, TurnResult):
-                        result = item
-                    else:
-                        yield Delta(item)
+            result = await producer
+        except asyncio.CancelledError:
+            if not producer.cancelled():
+                raise  # this task itself is cancelled (the server is stopping)
+            error = ClientDisconnected("the client disconnected before the turn ended")
         except Exception as exc:
             error = exc
             logger.warning("streamed chat turn failed: %s", type(exc).__name__)
+        if result is None:
+            result = TurnResult(content="".join(parts), finish_reason=None) if parts else None
         stored = await self._finish_turn(conversation, message_id, result, error)
-        if error is not None:
-            raise TurnFailed(stored, error)
-        yield stored
+        queue.put_nowait(stored if error is None else TurnFailed(stored, error))
+
+    async def wait_for_streams(self, timeout_s: float) -> None:
+        """Lets streamed turns still being stored finish (server shutdown)."""
+        if self._streams:
+            await asyncio.wait(set(self._streams), timeout=timeout_s)
 
 
 def _workflow(conversation: Conversation, message_id: str, *, streaming: bool) -> workflow_span:

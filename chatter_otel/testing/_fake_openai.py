@@ -102,6 +102,7 @@ class FakeOpenAIServer:
         omit_usage: bool = False,
         interrupt_stream_after: int | None = None,
         latency_s: float = 0.0,
+        chunk_interval_s: float = 0.0,
         models: tuple[str, ...] = ("gpt-4o-mini",),
     ) -> None:
         self.cached_tokens = cached_tokens
@@ -114,6 +115,8 @@ class FakeOpenAIServer:
         self.interrupt_stream_after = interrupt_stream_after
         """Close the connection after this many SSE chunks (never sending usage or [DONE])."""
         self.latency_s = latency_s
+        self.chunk_interval_s = chunk_interval_s
+        """Pause before each SSE chunk, so a client can leave in the middle of a stream."""
         self.models = models
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -413,7 +416,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        fake = self.server.fake
         for sent, (is_usage, payload) in enumerate(chunks):
+            if fake.chunk_interval_s > 0:
+                fake._stopping.wait(fake.chunk_interval_s)
             if interrupt_after is not None and (sent >= interrupt_after or is_usage):
                 # No terminating zero-length chunk: the client sees a broken body, as
                 # when a proxy or the provider drops the connection.
