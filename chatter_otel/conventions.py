@@ -154,3 +154,18 @@ METRIC_WRITEBACK_SPOOLED: Final = "chatter.writeback.spooled"
 # Metric attribute keys beyond the GenAI ones.
 ATTR_WORKFLOW_OUTCOME: Final = "outcome"
 ATTR_REJECT_REASON: Final = "reason"
+
+# --- LangChain capture and call identity (adopt-lc) -------------------------------------
+CHATTER_CALL_ID: Final = "chatter.call.id"
+"""One LLM call's identity on every span that reports it (the LangChain run id as 32 hex
+characters when LangChain ran the call, else a uuid4 hex): the write-back counts each once."""
+GEN_AI_REQUEST_TOP_P: Final = "gen_ai.request.top_p"
+GEN_AI_REQUEST_TOP_K: Final = "gen_ai.request.top_k"
+GEN_AI_REQUEST_FREQUENCY_PENALTY: Final = "gen_ai.request.frequency_penalty"
+GEN_AI_REQUEST_PRESENCE_PENALTY: Final = "gen_ai.request.presence_penalty"
+GEN_AI_REQUEST_STOP_SEQUENCES: Final = "gen_ai.request.stop_sequences"
+GEN_AI_REQUEST_SEED: Final = "gen_ai.request.seed"
+GEN_AI_REQUEST_CHOICE_COUNT: Final = "gen_ai.request.choice.count"
+GEN_AI_TOOL_TYPE: Final = "gen_ai.tool.type"
+GEN_AI_TOOL_DESCRIPTION: Final = "gen_ai.tool.description"
+TOOL_TYPE_FUNCTION: Final = "function"

@@ -1,8 +1,10 @@
 """The chat workflow: a LangGraph loop of ``call_model`` and ``tools`` until the model stops.
 
-The model node opens a ``model_span`` around each LLM call and records the response on it;
-the tool node opens an ``execute_tool`` span per call. The caller wraps the whole run in a
-``workflow_span`` naming the assistant message the turn produces.
+The nodes hold no telemetry code, as in an application adopting chatter-otel: the service
+switches on the LangChain capture (``telemetry.capture_langchain()``), which gives every
+model call its ``chat {model}`` span and every tool call its ``execute_tool {name}`` span.
+The caller wraps the whole run in a ``workflow_span`` naming the assistant message the turn
+produces.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
 from chatter_otel.service.tools import TOOLS
-from chatter_otel.spans import model_span, tool_span
 
 WORKFLOW_NAME = "chat"
 
@@ -54,34 +55,29 @@ async def call_model(state: ChatState, config: RunnableConfig) -> dict[str, Any]
     turn = _turn(config)
     llm = turn.llm.bind_tools(list(TOOLS.values()))
     messages = state["messages"]
-    async with model_span(
-        provider=turn.provider, model=turn.model, streaming=turn.streaming
-    ) as call:
-        call.record_input(messages)
-        if turn.streaming:
-            reply: Any = None
-            async for chunk in llm.astream(messages, config):
-                reply = chunk if reply is None else reply + chunk
-            if reply is None:
-                reply = AIMessageChunk(content="")
-        else:
-            reply = await llm.ainvoke(messages, config)
-        call.record(reply)
+    if turn.streaming:
+        reply: Any = None
+        async for chunk in llm.astream(messages, config):
+            reply = chunk if reply is None else reply + chunk
+        if reply is None:
+            reply = AIMessageChunk(content="")
+    else:
+        reply = await llm.ainvoke(messages, config)
     return {"messages": [reply], "rounds": state.get("rounds", 0) + 1}
 
 
-async def call_tools(state: ChatState) -> dict[str, Any]:
+async def call_tools(state: ChatState, config: RunnableConfig) -> dict[str, Any]:
     last = state["messages"][-1]
     results: list[ToolMessage] = []
     for tool_call in getattr(last, "tool_calls", []):
         name, call_id = tool_call["name"], tool_call["id"]
         try:
-            async with tool_span(name, call_id=call_id):
-                tool = TOOLS.get(name)
-                if tool is None:
-                    raise LookupError(f"unknown tool {name!r}")
-                content = str(await tool.ainvoke(tool_call["args"]))
-            status = "success"
+            tool = TOOLS.get(name)
+            if tool is None:
+                raise LookupError(f"unknown tool {name!r}")
+            # Called with the tool call itself, the tool answers with its ToolMessage.
+            output = await tool.ainvoke({**tool_call, "type": "tool_call"}, config)
+            content, status = str(getattr(output, "content", output)), "success"
         except Exception as exc:  # the model sees the error and can answer anyway
             content, status = f"error: {exc}", "error"
         results.append(ToolMessage(content=content, tool_call_id=call_id, name=name, status=status))
