@@ -30,6 +30,7 @@ from chatter_otel.service.workflow import (
     TurnResult,
     run_turn,
     stream_turn,
+    with_usage,
 )
 from chatter_otel.spans import workflow_span
 
@@ -240,13 +241,14 @@ class ChatService:
         )
         message_id = new_ulid()
         try:
-            async with _workflow(conversation, message_id, streaming=False):
+            async with _workflow(conversation, message_id, streaming=False) as run:
                 result = await run_turn(turn, history)
         except Exception as exc:
             logger.warning("chat turn failed: %s", type(exc).__name__)
             stored = await self._finish_turn(conversation, message_id, None, exc)
             raise TurnFailed(stored, exc) from exc
-        return await self._finish_turn(conversation, message_id, result, None)
+        # The response shows the turn's usage now; the write-back stores the same numbers.
+        return with_usage(await self._finish_turn(conversation, message_id, result, None), run)
 
     async def chat_stream(
         self,
@@ -270,7 +272,7 @@ class ChatService:
         result: TurnResult | None = None
         error: BaseException | None = None
         try:
-            async with _workflow(conversation, message_id, streaming=True):
+            async with _workflow(conversation, message_id, streaming=True) as run:
                 async for item in stream_turn(turn, history):
                     if isinstance(item, TurnResult):
                         result = item
@@ -282,7 +284,7 @@ class ChatService:
         stored = await self._finish_turn(conversation, message_id, result, error)
         if error is not None:
             raise TurnFailed(stored, error)
-        yield stored
+        yield with_usage(stored, run)
 
 
 def _workflow(conversation: Conversation, message_id: str, *, streaming: bool) -> workflow_span:

@@ -20,7 +20,9 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
+from chatter_otel.service.models import Message
 from chatter_otel.service.tools import TOOLS
+from chatter_otel.spans import WorkflowRun
 
 WORKFLOW_NAME = "chat"
 
@@ -161,3 +163,16 @@ async def stream_turn(
             final = payload
     assert final is not None
     yield _result(final["messages"], len(history))
+
+
+def with_usage(message: Message, run: WorkflowRun) -> Message:
+    """The stored message as the response shows it: with the usage and cost the turn's
+    workflow counted (the same numbers the write-back puts into the row a moment later).
+    Only the returned object changes; the row is the write-back's to fill."""
+    usage = run.usage
+    message.prompt_tokens = usage.input_tokens
+    message.completion_tokens = usage.output_tokens
+    message.total_tokens = usage.total_tokens
+    cost = run.cost
+    message.cost = float(cost) if cost is not None else None
+    return message
