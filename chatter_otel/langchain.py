@@ -29,7 +29,7 @@ import sys
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -335,34 +335,42 @@ _deferred: dict[str, model_span] = {}
 _tagging = False
 """A CallIdTagger is installed (it ends deferred spans)."""
 _handler: ChatterCallbackHandler | None = None
-_hook_var: contextvars.ContextVar[ChatterCallbackHandler | None] | None = None
+
+
+class _Switch:
+    """What ``register_configure_hook`` is given in place of a ``ContextVar``.
+
+    LangChain only calls ``.get()`` on it when it configures a run's callbacks: the handler
+    while the capture is on, else None, so a disabled capture adds nothing to any run. A real
+    ContextVar would not do: a value set in one thread or task is not seen in the others,
+    and its default cannot be changed back once set.
+    """
+
+    def get(self) -> ChatterCallbackHandler | None:
+        handler = _handler
+        return handler if handler is not None and handler.enabled else None
+
+
+_switch = _Switch()
 
 
 def enable() -> ChatterCallbackHandler:
-    """Capture every LangChain chat model and tool call from now on (idempotent).
-
-    The handler is the default value of a context variable registered with LangChain's
-    ``register_configure_hook``: LangChain adds it to the callbacks of every run, in every
-    thread and task (a default is seen everywhere; a value set in one context is not).
-    ``_hook_var.set(None)`` switches it off for one context.
-    """
-    global _handler, _hook_var
+    """Capture every LangChain chat model and tool call from now on (idempotent); the
+    handler is registered with LangChain's ``register_configure_hook`` once per process."""
+    global _handler
     with _lock:
         if _handler is None:
             from langchain_core.tracers.context import register_configure_hook
 
-            handler = ChatterCallbackHandler()
-            var: contextvars.ContextVar[ChatterCallbackHandler | None] = contextvars.ContextVar(
-                "chatter_otel_langchain_handler", default=handler
-            )
-            register_configure_hook(var, inheritable=True)
-            _handler, _hook_var = handler, var
+            _handler = ChatterCallbackHandler()
+            # Duck-typed: LangChain only calls .get() (see _Switch).
+            register_configure_hook(cast("contextvars.ContextVar[Any]", _switch), inheritable=True)
         _handler.enabled = True
         return _handler
 
 
 def disable() -> None:
-    """Stop capturing; the handler stays registered but LangChain skips it."""
+    """Stop capturing: LangChain no longer adds the handler to new runs."""
     with _lock:
         if _handler is not None:
             _handler.enabled = False

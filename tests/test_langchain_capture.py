@@ -17,6 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pytest
+from langchain_core.callbacks import CallbackManager
 from langchain_core.messages import AIMessage
 from langchain_openai import ChatOpenAI
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -358,6 +359,8 @@ def test_capture_stops_when_telemetry_shuts_down() -> None:
     assert not capture.enabled()
     OfflineChatModel().invoke("Hello there")
     assert _chats(cap) == []
+    handlers = CallbackManager.configure().handlers  # what every new run starts with
+    assert not [h for h in handlers if isinstance(h, capture.ChatterCallbackHandler)]
 
 
 def test_environment_variable_switches_capture_on_and_is_validated() -> None:
@@ -388,3 +391,26 @@ def test_importing_chatter_otel_does_not_import_langchain() -> None:
     code = "import sys, chatter_otel; print(sorted(m for m in sys.modules if m.startswith('langchain')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_openinference_in_its_thread_pool_default_gets_the_same_call_id(
+    cap_oi: CapturedTelemetry,
+) -> None:
+    """Under ``opentelemetry-instrument`` openinference's handler is not inline: LangChain
+    runs it after ours, in a thread pool; the tagger names its span at start."""
+    from openinference.instrumentation.langchain import LangChainInstrumentor
+
+    handler = LangChainInstrumentor()._tracer
+    assert handler is not None
+    handler.run_inline = False
+    _gather(OfflineChatModel(), list(TOKENS))
+    ours = {(s.attributes or {})[c.CHATTER_CALL_ID]: _usage(s) for s in _chats(cap_oi)}
+    theirs = {
+        (s.attributes or {})[c.CHATTER_CALL_ID]: (
+            (s.attributes or {})[c.OI_TOKEN_COUNT_PROMPT],
+            (s.attributes or {})[c.OI_TOKEN_COUNT_COMPLETION],
+        )
+        for s in _openinference_llm(cap_oi)
+    }
+    assert len(ours) == 3
+    assert theirs == ours
