@@ -25,48 +25,26 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import sys
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, cast
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import ChatGeneration, LLMResult
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.trace import Span
 
-from chatter_otel import _chat_model
+from chatter_otel import _chat_model, _peers
 from chatter_otel import conventions as c
 from chatter_otel.spans import ModelCall, _current_call, model_span, tool_span
 
 logger = logging.getLogger("chatter_otel")
-
-OTHER_SCOPES: Final = (
-    "openinference.instrumentation.langchain",
-    "opentelemetry.instrumentation.langchain",
-)
-"""Instrumentations that open a span per LangChain run, tagged with the run's call id."""
-
-
-@dataclass(slots=True)
-class _Pending:
-    """The run whose start is being dispatched, for a handler that runs after ours."""
-
-    call_id: str
-    used: bool = False
-
-
-_dispatching: contextvars.ContextVar[_Pending | None] = contextvars.ContextVar(
-    "chatter_langchain_dispatching", default=None
-)
 
 
 @dataclass(slots=True)
@@ -74,7 +52,7 @@ class _Run:
     call: ModelCall
     scope: model_span | None
     """None when the call was recorded into a hand-made ``model_span`` (it ends that span)."""
-    pending: _Pending
+    pending: _peers.Pending
     streamed: bool = False
 
 
@@ -157,9 +135,9 @@ class ChatterCallbackHandler(BaseCallbackHandler):
         kwargs: Mapping[str, Any],
     ) -> None:
         call_id = run_id.hex
-        pending = _Pending(call_id)
-        _dispatching.set(pending)
-        other = _other_span(run_id)
+        pending = _peers.Pending(call_id)
+        _peers.dispatching.set(pending)
+        other = _peers.other_span(run_id)
         if other is not None:
             other.set_attribute(c.CHATTER_CALL_ID, call_id)
             pending.used = True
@@ -206,12 +184,11 @@ class ChatterCallbackHandler(BaseCallbackHandler):
             logger.debug("LangChain capture: recording a response failed", exc_info=True)
         if run.scope is None:
             return
-        other = _other_span(run_id) if _tagging else None
+        other = _peers.other_span(run_id) if _peers.tagging else None
         if isinstance(other, SdkSpan) and other.end_time is None:
             # The other instrumentation's span for this run ends after ours: ours ends with
             # it, so the two spans of one call nest in time (CallIdTagger.on_end).
-            with _lock:
-                _deferred[run.call.call_id] = run.scope
+            _peers.defer(run.call.call_id, run.scope)
             return
         run.scope.finish(None)
 
@@ -291,49 +268,7 @@ def _message(response: LLMResult) -> Any:
     return None
 
 
-def _other_span(run_id: UUID) -> Span | None:
-    """openinference's span for this run, when its handler has already opened it."""
-    module = sys.modules.get("openinference.instrumentation.langchain")
-    if module is None:
-        return None
-    instrumentor = module.LangChainInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        return None
-    span: Span | None = instrumentor.get_span(run_id)
-    return span
-
-
-class CallIdTagger(SpanProcessor):
-    """Gives the span another LangChain instrumentation starts for a run the run's
-    ``chatter.call.id``, when that instrumentation's handler runs after ours."""
-
-    def on_start(self, span: Any, parent_context: otel_context.Context | None = None) -> None:
-        pending = _dispatching.get()
-        if pending is None or pending.used:
-            return
-        scope = getattr(span, "instrumentation_scope", None)
-        if scope is not None and scope.name in OTHER_SCOPES:
-            pending.used = True
-            span.set_attribute(c.CHATTER_CALL_ID, pending.call_id)
-
-    def on_end(self, span: ReadableSpan) -> None:
-        if not _deferred:
-            return
-        scope = span.instrumentation_scope
-        if scope is None or scope.name not in OTHER_SCOPES:
-            return
-        call_id = (span.attributes or {}).get(c.CHATTER_CALL_ID)
-        with _lock:
-            ours = _deferred.pop(call_id, None) if isinstance(call_id, str) else None
-        if ours is not None:
-            ours.finish(None, end_time=span.end_time)
-
-
 _lock = threading.Lock()
-_deferred: dict[str, model_span] = {}
-"""Our spans waiting for the other instrumentation's span of the same call to end."""
-_tagging = False
-"""A CallIdTagger is installed (it ends deferred spans)."""
 _handler: ChatterCallbackHandler | None = None
 
 
@@ -380,26 +315,17 @@ def enabled() -> bool:
     return _handler is not None and _handler.enabled
 
 
-def add_tagger(tracer_provider: Any) -> None:
-    """Install :class:`CallIdTagger` on an SDK tracer provider (once per provider)."""
-    global _tagging
-    add = getattr(tracer_provider, "add_span_processor", None)
-    if add is None or getattr(tracer_provider, "_chatter_call_id_tagger", False):
-        return
-    add(CallIdTagger())
-    tracer_provider._chatter_call_id_tagger = True
-    _tagging = True
-
-
 class LangChainCaptureInstrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """The ``opentelemetry-instrument`` entry point: switches the capture on."""
+    """The ``opentelemetry-instrument`` entry point: switches the capture on, and keeps
+    content out of openinference's spans unless content capture is asked for."""
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("langchain-core >= 0.3.75",)
 
     def _instrument(self, **kwargs: Any) -> None:
         enable()
-        add_tagger(kwargs.get("tracer_provider") or trace.get_tracer_provider())
+        _peers.add_tagger(kwargs.get("tracer_provider") or trace.get_tracer_provider())
+        _peers.hide_openinference_content()
 
     def _uninstrument(self, **kwargs: Any) -> None:
         disable()

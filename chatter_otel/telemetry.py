@@ -191,10 +191,10 @@ class Telemetry:
         ``CHATTER_OTEL_CAPTURE_LANGCHAIN=true`` does); undone by ``shutdown``. Idempotent."""
         if self.tracer_provider is None or self._capturing:
             return
-        from chatter_otel import langchain
+        from chatter_otel import _peers, langchain
 
         langchain.enable()
-        langchain.add_tagger(self.tracer_provider)
+        _peers.add_tagger(self.tracer_provider)
         self._capturing = True
         self._uninstrument.append(langchain.disable)
 

@@ -24,9 +24,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import SecretStr
 
+from chatter_otel import _peers, model_span, workflow_span
 from chatter_otel import conventions as c
 from chatter_otel import langchain as capture
-from chatter_otel import model_span, workflow_span
 from chatter_otel.config import ConfigError, TelemetryConfig
 from chatter_otel.service.llm import OfflineChatModel
 from chatter_otel.service.tools import TOOLS
@@ -414,3 +414,33 @@ def test_openinference_in_its_thread_pool_default_gets_the_same_call_id(
     }
     assert len(ours) == 3
     assert theirs == ours
+
+
+@pytest.mark.parametrize("openinference_first", [True, False], ids=["oi-first", "ours-first"])
+def test_opentelemetry_instrument_keeps_openinference_content_hidden(
+    monkeypatch: pytest.MonkeyPatch, openinference_first: bool
+) -> None:
+    """``opentelemetry-instrument`` loads every installed instrumentor, openinference's with
+    its own default (content exported), in no fixed order."""
+    from openinference.instrumentation.langchain import LangChainInstrumentor
+
+    for name in _peers.OPENINFERENCE_HIDE:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("CHATTER_OTEL_CAPTURE_CONTENT", raising=False)
+    with capture_telemetry() as cap:
+        provider = cap.telemetry.tracer_provider
+        monkeypatch.setattr("opentelemetry.trace._TRACER_PROVIDER", provider)
+        ours, theirs = capture.LangChainCaptureInstrumentor(), LangChainInstrumentor()
+        order: list[Any] = [theirs, ours] if openinference_first else [ours, theirs]
+        try:
+            for instrumentor in order:
+                instrumentor.instrument(tracer_provider=provider)
+            OfflineChatModel().invoke("secret prompt")
+        finally:
+            for instrumentor in order:
+                instrumentor.uninstrument()
+        (llm,) = _openinference_llm(cap)
+        attrs = dict(llm.attributes or {})
+        assert attrs["input.value"] == attrs["output.value"] == "__REDACTED__"
+        assert [k for k, v in attrs.items() if "secret" in str(v)] == []
+        assert (llm.attributes or {})[c.OI_TOKEN_COUNT_PROMPT] == 5
