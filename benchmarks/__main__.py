@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         "part, nothing for --quick or --only)",
     )
     parser.add_argument("--seed", type=int, default=7, help="shuffling seed")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="repetitions for the parts that honour it (turn)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
 
@@ -78,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     machine = _machine.describe(pg_version)
     workdir = Path(tempfile.mkdtemp(prefix="chatter-bench-"))
-    options = Options(quick=args.quick, server=server, workdir=workdir, seed=args.seed)
+    options = Options(
+        quick=args.quick, server=server, workdir=workdir, seed=args.seed, reps=args.reps
+    )
     sections: list[Section] = []
     failed = False
     started = time.monotonic()

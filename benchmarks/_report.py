@@ -106,6 +106,8 @@ class Options:
     server: URL
     workdir: Path
     seed: int = 7
+    reps: int | None = None
+    """Repetitions asked for on the command line (``--reps``); None: each part's default."""
 
     def pick(self, full: T, quick: T) -> T:
         return quick if self.quick else full

@@ -8,16 +8,22 @@ with the offline model the turn is pure Python, so this is the worst case for th
 Variants (each set up and torn down through the public ``setup_telemetry`` API, on private
 providers as ``chatter_otel.testing.capture_telemetry`` does, then interleaved):
 
-a  no telemetry: ``setup_telemetry`` never ran, so the span helpers run against the
-   OpenTelemetry API's proxy providers with no SDK installed (checked at run time: the span
-   they open does not record). This is what an application without chatter-otel runs.
-b  chatter-otel spans and metrics: SDK TracerProvider with a BatchSpanProcessor in front of
-   an exporter that drops everything, SDK MeterProvider with an in-memory (pull) reader and
-   the exemplar filter ``setup_telemetry`` picks for the embedded default (Prometheus
-   exposition, which carries no exemplars: off).
+a  no telemetry: the reference graph, whose nodes hold no telemetry code, and
+   ``setup_telemetry`` never ran, so the workflow span runs against the OpenTelemetry API's
+   proxy providers with no SDK installed (checked at run time: the span does not record).
+   This is what an application without chatter-otel runs.
+b  chatter-otel spans and metrics written by hand: the same graph with ``model_span`` and
+   ``tool_span`` in its nodes (``_hand_workflow.py``); SDK TracerProvider with a
+   BatchSpanProcessor in front of an exporter that drops everything, SDK MeterProvider with an
+   in-memory (pull) reader and the exemplar filter ``setup_telemetry`` picks for the embedded
+   default (Prometheus exposition, which carries no exemplars: off).
+z  the same spans and metrics with no code in the nodes: graph of a, LangChain capture on
+   (``CHATTER_OTEL_CAPTURE_LANGCHAIN=true``), providers as b.
+z+oi  z plus openinference's LangChain instrumentation.
 b-otlp  b with the exemplar filter of the OTLP path (trace-based: every measurement made
    inside a sampled span is offered to the exemplar reservoir).
 c  b plus openinference's LangChain instrumentation as ``setup_telemetry`` installs it.
+   b, b-otlp, c, c-pool, c+10% and d run the hand-written graph of b.
 c-pool  c with openinference's handler dispatched through the thread pool, as openinference
    itself defaults to (see ``_set_openinference_inline``): what chatter-otel ran before.
 c+10%  c with a 10 % ParentBased ratio sampler: the cost left when only a sample is traced.
@@ -36,7 +42,7 @@ import gc
 import random
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,14 +62,14 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from sqlalchemy.engine import URL
 
-from benchmarks import _db
+from benchmarks import _db, _hand_workflow
 from benchmarks._report import Options, Section
 from benchmarks._stats import Summary, human_ns, ratio, shuffled
 from chatter_otel import _runtime
 from chatter_otel.config import TelemetryConfig
 from chatter_otel.pricing import Pricing
 from chatter_otel.service.llm import DEFAULT_MODELS, OfflineChatModel
-from chatter_otel.service.workflow import WORKFLOW_NAME, TurnInput, run_turn
+from chatter_otel.service.workflow import WORKFLOW_NAME, TurnInput, TurnResult, run_turn
 from chatter_otel.spans import workflow_span
 from chatter_otel.telemetry import Telemetry, exemplar_filter, setup_telemetry
 
@@ -97,11 +103,15 @@ class Variant:
     """Force openinference's ``run_inline`` (None: as chatter-otel ships it)."""
     sample_ratio: float | None = None
     otlp_metrics: bool = False
+    capture: bool = False
+    """Zero-code LangChain capture on, nodes without telemetry code (else hand-written)."""
 
 
 VARIANTS = (
     Variant("a", "no telemetry"),
-    Variant("b", "chatter-otel spans + metrics"),
+    Variant("b", "chatter-otel spans + metrics written in the nodes by hand"),
+    Variant("z", "the same spans + metrics, zero-code LangChain capture", capture=True),
+    Variant("z+oi", "z + openinference LangChain instrumentation", capture=True, langchain=True),
     Variant(
         "b-otlp",
         "b with metrics for OTLP (exemplars sampled from the trace)",
@@ -184,6 +194,7 @@ class _Setup:
             metrics_exporters=("otlp",) if variant.otlp_metrics else ("prometheus",),
             logs_exporters=("none",),
             instrument_langchain=variant.langchain,
+            capture_langchain=variant.capture,
             writeback_url=str(db.render_as_string(hide_password=False))
             if variant.writeback and db
             else None,
@@ -246,8 +257,23 @@ def _openinference_shipped_inline(pricing: Pricing) -> bool:
         setup.close()
 
 
-async def _turns(turn: TurnInput, prompt: str, ids: Iterator[_db.Turn], n: int) -> None:
-    history = [HumanMessage(prompt)]
+TurnRunner = Callable[[TurnInput, list[Any]], Awaitable[TurnResult]]
+
+
+def _runner(variant: Variant) -> TurnRunner:
+    """Variant a and the capture run the reference graph (no telemetry code in its nodes);
+    the others the same graph with spans written in its nodes."""
+    return run_turn if variant.key == "a" or variant.capture else _hand_workflow.run_turn
+
+
+async def _turns(
+    turn: TurnInput,
+    prompt: str,
+    ids: Iterator[_db.Turn],
+    n: int,
+    runner: TurnRunner = run_turn,
+) -> None:
+    history: list[Any] = [HumanMessage(prompt)]
     for _ in range(n):
         row = next(ids)
         async with workflow_span(
@@ -256,7 +282,7 @@ async def _turns(turn: TurnInput, prompt: str, ids: Iterator[_db.Turn], n: int) 
             message_id=row.message_id,
             user_id=row.user_id,
         ):
-            await run_turn(turn, history)
+            await runner(turn, history)
 
 
 def _check_baseline() -> None:
@@ -285,12 +311,13 @@ def _block(
     try:
         if variant.key == "a":
             _check_baseline()
-        loop.run_until_complete(_turns(turn, prompt, ids, warmup))
+        runner = _runner(variant)
+        loop.run_until_complete(_turns(turn, prompt, ids, warmup, runner))
         setup.flush()
         gc.collect()
         cpu0, wall0 = time.process_time_ns(), time.perf_counter_ns()
         with _GcClock() as gc_clock:
-            loop.run_until_complete(_turns(turn, prompt, ids, n))
+            loop.run_until_complete(_turns(turn, prompt, ids, n, runner))
         wall = time.perf_counter_ns() - wall0
         setup.flush()
         cpu = time.process_time_ns() - cpu0
@@ -302,7 +329,7 @@ def _block(
 def run(options: Options) -> Section:
     section = Section(NAME, TITLE)
     rng = random.Random(options.seed)
-    reps = options.pick(7, 2)
+    reps = options.reps or options.pick(7, 2)
     block_s = options.pick(0.8, 0.25)
     warmup = options.pick(20, 5)
     pricing = Pricing()
@@ -398,7 +425,8 @@ def _report(
     shipped_inline: bool,
     written_ok: bool,
 ) -> None:
-    targets = {"b": TARGET, "b-otlp": TARGET, "d": TARGET}
+    targets = {"b": TARGET, "b-otlp": TARGET, "z": TARGET, "d": TARGET}
+    keys = {v.key for v in variants}
     for name in PROMPTS:
         base = results[(name, "a")]
         wall_a = Summary.of([b.wall_ns for b in base])
@@ -438,6 +466,16 @@ def _report(
                 human_ns(collected.median),
                 f"{human_ns(collected.low)}–{human_ns(collected.high)}, n={collected.n}",
             )
+        if "z" in keys and "b" in keys:
+            pairs = list(zip(results[(name, "z")], results[(name, "b")], strict=True))
+            for what, get in (("wall", _wall), ("process CPU", _cpu)):
+                value, spread = Summary.of([get(z) / get(b) for z, b in pairs]).fmt(ratio)
+                section.add(
+                    f"turn, {name} prompt, (z)/(b) {what}: zero-code capture vs hand-written",
+                    value,
+                    spread,
+                    "report",
+                )
     section.notes += [
         f"Each repetition ({reps}) runs every variant once per prompt, in a shuffled order; a "
         f"block is {sizes['plain']} (plain) / {sizes['tool']} (tool) turns after a warm-up, sized so "
@@ -446,6 +484,10 @@ def _report(
         "Plain prompt: one LLM call (workflow + chat span, 6 metric records). Tool prompt: LLM "
         "call → calculator tool → LLM call (workflow, 2 chat, 1 tool span, 10 metric records); "
         "openinference adds 4 (plain) / 8 (tool) spans of its own.",
+        "(z) runs the graph of (a), whose nodes hold no telemetry code, with the LangChain "
+        "capture on; (b) the same graph with model_span/tool_span written in its nodes "
+        "(benchmarks/_hand_workflow.py): the same spans, attributes and metrics either way. "
+        "(z)/(b) is the capture's price for needing no code.",
         "(a) was checked to be telemetry-free: global TracerProvider is the API's "
         "ProxyTracerProvider and the span the helpers open does not record.",
         "(d): the write-back processor with its defaults (flush interval 1 s) on a private "
@@ -461,3 +503,11 @@ def _report(
         + "The ratio sampler (c+10%) only helps without the write-back: the write-back needs "
         "AlwaysRecordSampler, under which every span records and openinference does all its work.",
     ]
+
+
+def _wall(block: Block) -> float:
+    return block.wall_ns
+
+
+def _cpu(block: Block) -> float:
+    return block.cpu_ns

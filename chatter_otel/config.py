@@ -76,6 +76,9 @@ class TelemetryConfig:
     log_level: str = "INFO"
     instrument_fastapi: bool = True
     instrument_langchain: bool = False
+    capture_langchain: bool = False
+    """``CHATTER_OTEL_CAPTURE_LANGCHAIN``: chatter-otel's own spans for every LangChain chat
+    model and tool call, with no code in the application (``chatter_otel.langchain``)."""
     instrument_sqlalchemy: bool = False
     writeback_enabled: bool = True
     writeback_url: str | None = None
@@ -123,6 +126,7 @@ class TelemetryConfig:
             log_level=env.choice("CHATTER_OTEL_LOG_LEVEL", LOG_LEVELS, "INFO", upper=True),
             instrument_fastapi=env.boolean("CHATTER_OTEL_INSTRUMENT_FASTAPI", True),
             instrument_langchain=env.boolean("CHATTER_OTEL_INSTRUMENT_LANGCHAIN", False),
+            capture_langchain=env.boolean("CHATTER_OTEL_CAPTURE_LANGCHAIN", False),
             instrument_sqlalchemy=env.boolean("CHATTER_OTEL_INSTRUMENT_SQLALCHEMY", False),
             writeback_enabled=env.boolean("CHATTER_OTEL_WRITEBACK", True),
             writeback_url=env.database_url("CHATTER_OTEL_WRITEBACK_URL")

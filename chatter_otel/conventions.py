@@ -220,3 +220,15 @@ METRIC_WRITEBACK_SPOOLED: Final = "chatter.writeback.spooled"
 # Metric attribute keys beyond the GenAI ones: namespaced, as custom attributes must be.
 ATTR_WORKFLOW_OUTCOME: Final = CHATTER_WORKFLOW_OUTCOME
 ATTR_REJECT_REASON: Final = "chatter.writeback.reason"
+
+# --- LangChain capture and call identity (adopt-lc) -------------------------------------
+CHATTER_CALL_ID: Final = "chatter.call.id"
+"""One LLM call's identity on every span that reports it (the LangChain run id as 32 hex
+characters when LangChain ran the call, else a uuid4 hex): the write-back counts each once."""
+GEN_AI_REQUEST_TOP_P: Final = "gen_ai.request.top_p"
+GEN_AI_REQUEST_TOP_K: Final = "gen_ai.request.top_k"
+GEN_AI_REQUEST_FREQUENCY_PENALTY: Final = "gen_ai.request.frequency_penalty"
+GEN_AI_REQUEST_PRESENCE_PENALTY: Final = "gen_ai.request.presence_penalty"
+GEN_AI_REQUEST_STOP_SEQUENCES: Final = "gen_ai.request.stop_sequences"
+GEN_AI_REQUEST_SEED: Final = "gen_ai.request.seed"
+GEN_AI_REQUEST_CHOICE_COUNT: Final = "gen_ai.request.choice.count"

@@ -7,11 +7,13 @@ follow the GenAI semantic conventions; usage, cost and model reach the span thro
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -20,12 +22,13 @@ from typing import Any, Generic, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind
-from opentelemetry.util.types import AttributeValue
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.util.types import Attributes, AttributeValue
 
 from chatter_otel import _runtime, content, errors
 from chatter_otel import conventions as c
-from chatter_otel.usage import Response, aggregate_chunks, from_ai_message
+from chatter_otel.usage import Response, Usage, aggregate_chunks, from_ai_message
 
 logger = logging.getLogger("chatter_otel")
 
@@ -41,9 +44,16 @@ class _Turn:
     cost: Decimal = Decimal(0)
     priced_calls: int = 0
     unpriced_calls: int = 0
+    usage: Usage = field(default_factory=Usage)
+    calls: int = 0
 
 
 _turn: contextvars.ContextVar[_Turn | None] = contextvars.ContextVar("chatter_turn", default=None)
+_current_call: contextvars.ContextVar[ModelCall | None] = contextvars.ContextVar(
+    "chatter_model_call", default=None
+)
+"""The hand-made ``model_span`` open around the running code: the LangChain capture records
+into it instead of opening a second span for the same call."""
 
 
 _error_type = errors.error_type
@@ -135,7 +145,78 @@ class _Scope(Generic[H]):
         return wrapper  # type: ignore[return-value]
 
 
-class workflow_span(_Scope[Span]):
+class WorkflowRun(Span):
+    """What ``workflow_span`` yields: the turn's span, and its usage and cost so far.
+
+    ``usage`` and ``cost`` add up the model calls recorded inside the turn exactly as the
+    write-back does (each call once; tokens ``None`` when no call reported them; cost
+    ``None`` when any call could not be priced), so an app can return them in its own
+    response as soon as the workflow ends instead of waiting for the database row.
+    It is a ``Span`` itself (every call is passed to ``span``): code written when
+    ``workflow_span`` yielded the span keeps working.
+    """
+
+    def __init__(self, span: Span, turn: _Turn) -> None:
+        self.span = span
+        self._turn = turn
+
+    @property
+    def usage(self) -> Usage:
+        return self._turn.usage
+
+    @property
+    def cost(self) -> Decimal | None:
+        turn = self._turn
+        if turn.unpriced_calls or not turn.priced_calls:
+            return None
+        return turn.cost
+
+    @property
+    def calls(self) -> int:
+        """Model calls recorded so far (with or without usage)."""
+        return self._turn.calls
+
+    # --- opentelemetry.trace.Span, delegated ------------------------------------------
+    def end(self, end_time: int | None = None) -> None:
+        self.span.end(end_time)
+
+    def get_span_context(self) -> SpanContext:
+        return self.span.get_span_context()
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        self.span.set_attributes(attributes)
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        self.span.set_attribute(key, value)
+
+    def add_event(
+        self, name: str, attributes: Attributes = None, timestamp: int | None = None
+    ) -> None:
+        self.span.add_event(name, attributes, timestamp)
+
+    def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
+        self.span.add_link(context, attributes)
+
+    def update_name(self, name: str) -> None:
+        self.span.update_name(name)
+
+    def is_recording(self) -> bool:
+        return self.span.is_recording()
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        self.span.set_status(status, description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        self.span.record_exception(exception, attributes, timestamp, escaped)
+
+
+class workflow_span(_Scope[WorkflowRun]):
     """``invoke_workflow {name}``: one chat turn, owner of its model calls' usage.
 
     ``message_id`` is the id of the assistant message the turn will produce; generate it
@@ -164,7 +245,7 @@ class workflow_span(_Scope[Span]):
         self._started = 0.0
         self._turn_token: contextvars.Token[_Turn | None] | None = None
 
-    def _open(self) -> tuple[Span, Span]:
+    def _open(self) -> tuple[Span, WorkflowRun]:
         runtime = _runtime.get()
         attrs: dict[str, AttributeValue] = {
             c.GEN_AI_OPERATION_NAME: c.OPERATION_INVOKE_WORKFLOW,
@@ -183,15 +264,18 @@ class workflow_span(_Scope[Span]):
         )
         span.add_event(c.EVENT_WORKFLOW_STARTED)
         self._started = time.perf_counter()
-        self._turn_token = _turn.set(_Turn(self.conversation_id))
-        return span, span
+        turn = _Turn(self.conversation_id)
+        self._turn_token = _turn.set(turn)
+        return span, WorkflowRun(span, turn)
 
     def _close(self, exc: BaseException | None) -> None:
         assert self._span is not None
         span, runtime = self._span, _runtime.get()
-        turn = _turn.get()
+        turn = self._handle._turn if self._handle is not None else None
         if self._turn_token is not None:
-            _turn.reset(self._turn_token)
+            # ValueError: closed from another context (a generator closed elsewhere).
+            with contextlib.suppress(ValueError):
+                _turn.reset(self._turn_token)
         elapsed = time.perf_counter() - self._started
         outcome = c.OUTCOME_ERROR if exc is not None else c.OUTCOME_SUCCESS
         span.set_attribute(c.CHATTER_WORKFLOW_OUTCOME, outcome)
@@ -228,6 +312,17 @@ class ModelCall:
     _first_chunk: float | None = field(default=None, repr=False)
     _last_chunk: float = field(default=0.0, repr=False)
     _chunk_gaps: list[float] = field(default_factory=list, repr=False)
+    call_id: str = ""
+    """``chatter.call.id`` of the call (see ``conventions.CHATTER_CALL_ID``)."""
+    parent_context: Context | None = field(default=None, repr=False)
+    """The context the span was started in (a second call inside it starts beside it)."""
+    adopted: bool = field(default=False, repr=False)
+    """A LangChain run was recorded into this hand-made span by the zero-code capture."""
+
+    def set_call_id(self, call_id: str) -> None:
+        """Name the call (the capture renames a hand-made span after the LangChain run)."""
+        self.call_id = call_id
+        self.span.set_attribute(c.CHATTER_CALL_ID, call_id)
 
     def _metric_attrs(self) -> dict[str, AttributeValue]:
         # Model names are bounded (issue 13.7): unknown ones become _OTHER here, not on spans.
@@ -274,6 +369,10 @@ class ModelCall:
             return response
         self._recorded = True
         self.response = response
+        turn = _turn.get()
+        if turn is not None:
+            turn.calls += 1
+            turn.usage = turn.usage + response.usage
         try:
             self._record(message, response)
         except Exception:  # never let telemetry break a chat turn
@@ -355,36 +454,65 @@ class ModelCall:
 
 
 class model_span(_Scope[ModelCall]):
-    """``chat {model}`` (CLIENT): one LLM call. Record its response with ``.record()``."""
+    """``chat {model}`` (CLIENT): one LLM call. Record its response with ``.record()``.
+
+    Pass the LangChain chat model (``model_span(llm)``) or ``provider`` and ``model``
+    strings; explicit strings win over what is read from the model. With the LangChain
+    capture on, a LangChain call made inside records into this span by itself.
+    """
 
     def __init__(
         self,
+        llm: Any = None,
         *,
-        provider: str,
-        model: str,
+        provider: str | None = None,
+        model: str | None = None,
         operation: str = c.OPERATION_CHAT,
         streaming: bool = False,
         attributes: Mapping[str, AttributeValue] | None = None,
+        call_id: str | None = None,
     ) -> None:
         super().__init__(
+            llm,
             provider=provider,
             model=model,
             operation=operation,
             streaming=streaming,
             attributes=attributes,
+            call_id=call_id,
         )
+        extra: dict[str, AttributeValue] = {}
+        if llm is not None:
+            from chatter_otel._chat_model import from_chat_model
+
+            info = from_chat_model(llm)
+            provider, model = provider or info.provider, model or info.model
+            extra = info.attributes()
+        if not provider or not model:
+            raise TypeError("model_span needs a chat model, or both provider= and model=")
         self.provider, self.model, self.operation = provider, model, operation
         self.streaming = streaming
-        self.attributes = dict(attributes or {})
+        self.attributes = {**extra, **(attributes or {})}
+        self.call_id = call_id
         self._started = 0.0
+        self._call_token: contextvars.Token[ModelCall | None] | None = None
 
     def _open(self) -> tuple[Span, ModelCall]:
+        span, call = self._start(None)
+        self._call_token = _current_call.set(call)
+        return span, call
+
+    def _start(
+        self, context: Context | None, start_time: int | None = None
+    ) -> tuple[Span, ModelCall]:
         runtime = _runtime.get()
+        call_id = self.call_id or uuid.uuid4().hex
         attrs: dict[str, AttributeValue] = {
             c.GEN_AI_OPERATION_NAME: self.operation,
             c.GEN_AI_PROVIDER_NAME: self.provider,
             c.GEN_AI_REQUEST_MODEL: self.model,
             **self.attributes,
+            c.CHATTER_CALL_ID: call_id,
         }
         if self.streaming:
             attrs[c.CHATTER_STREAMING] = True
@@ -393,13 +521,41 @@ class model_span(_Scope[ModelCall]):
             attrs[c.GEN_AI_CONVERSATION_ID] = turn.conversation_id
             attrs[c.CHATTER_CONVERSATION_ID] = turn.conversation_id
         span = runtime.tracer.start_span(
-            f"{self.operation} {self.model}", kind=SpanKind.CLIENT, attributes=attrs
+            f"{self.operation} {self.model}",
+            context=context,
+            kind=SpanKind.CLIENT,
+            attributes=attrs,
+            start_time=start_time,
         )
         self._started = time.perf_counter()
-        return span, ModelCall(span, self.provider, self.model, self.operation)
+        parent = context if context is not None else otel_context.get_current()
+        return span, ModelCall(
+            span, self.provider, self.model, self.operation, call_id=call_id, parent_context=parent
+        )
+
+    def start(self, context: Context | None = None, *, start_time: int | None = None) -> ModelCall:
+        """Start the span without making it current (for callbacks, which cannot attach a
+        context safely); end it with :meth:`finish`."""
+        self._span, self._handle = self._start(context, start_time)
+        return self._handle
+
+    def finish(self, exc: BaseException | None = None, *, end_time: int | None = None) -> None:
+        """End a span opened by :meth:`start`, as leaving the ``with`` block would."""
+        assert self._span is not None
+        try:
+            self._close(exc)
+        except Exception:  # telemetry must never break the application
+            logger.debug("closing span failed", exc_info=True)
+        finally:
+            self._span.end(end_time)
 
     def _close(self, exc: BaseException | None) -> None:
         assert self._span is not None and self._handle is not None
+        if self._call_token is not None:
+            # ValueError: closed from another context (a generator closed elsewhere).
+            with contextlib.suppress(ValueError):
+                _current_call.reset(self._call_token)
+            self._call_token = None
         call, runtime = self._handle, _runtime.get()
         attrs = call._metric_attrs()
         if exc is not None:

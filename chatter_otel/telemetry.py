@@ -182,6 +182,7 @@ class Telemetry:
     _processors: list[SpanProcessor] = field(default_factory=list)
     _uninstrument: list[Callable[[], None]] = field(default_factory=list)
     _stopped: bool = False
+    _capturing: bool = False
 
     def instrument_app(self, app: Any) -> None:
         """Server spans for a FastAPI app, the ``traceresponse`` header, and ``/metrics``."""
@@ -208,6 +209,18 @@ class Telemetry:
                 exclude_spans=["receive", "send"],
             )
             self._uninstrument.append(lambda: FastAPIInstrumentor.uninstrument_app(app))
+
+    def capture_langchain(self) -> None:
+        """Spans for every LangChain chat model and tool call, no code in the nodes (what
+        ``CHATTER_OTEL_CAPTURE_LANGCHAIN=true`` does); undone by ``shutdown``. Idempotent."""
+        if self.tracer_provider is None or self._capturing:
+            return
+        from chatter_otel import _peers, langchain
+
+        langchain.enable()
+        _peers.add_tagger(self.tracer_provider)
+        self._capturing = True
+        self._uninstrument.append(langchain.disable)
 
     def instrument_sqlalchemy(self, engine: Any) -> None:
         """Spans for SQL statements, when ``CHATTER_OTEL_INSTRUMENT_SQLALCHEMY`` is on."""
@@ -463,6 +476,8 @@ def _build(
 
     if config.instrument_langchain:
         _instrument_langchain(handle, tracer_provider, config)
+    if config.capture_langchain:
+        handle.capture_langchain()
 
     _runtime.install(
         _runtime.Runtime.create(

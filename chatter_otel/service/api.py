@@ -166,6 +166,7 @@ def create_app(
     app.state.telemetry = telemetry
     app.add_middleware(BodyLimitMiddleware)
     telemetry.instrument_app(app)
+    telemetry.capture_langchain()  # chat and tool spans with no code in the workflow's nodes
     telemetry.instrument_sqlalchemy(db.engine)
 
     def _content(body: MessageIn) -> str:

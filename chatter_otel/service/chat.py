@@ -30,8 +30,9 @@ from chatter_otel.service.workflow import (
     TurnResult,
     run_turn,
     stream_turn,
+    with_usage,
 )
-from chatter_otel.spans import workflow_span
+from chatter_otel.spans import WorkflowRun, workflow_span
 
 logger = logging.getLogger("chatter.chat")
 HISTORY_LIMIT = 20
@@ -245,13 +246,14 @@ class ChatService:
         )
         message_id = new_ulid()
         try:
-            async with _workflow(conversation, message_id, streaming=False):
+            async with _workflow(conversation, message_id, streaming=False) as run:
                 result = await run_turn(turn, history)
         except Exception as exc:
             logger.warning("chat turn failed: %s", type(exc).__name__)
             stored = await self._finish_turn(conversation, message_id, None, exc)
             raise TurnFailed(stored, exc) from exc
-        return await self._finish_turn(conversation, message_id, result, None)
+        # The response shows the turn's usage now; the write-back stores the same numbers.
+        return with_usage(await self._finish_turn(conversation, message_id, result, None), run)
 
     async def chat_stream(
         self,
@@ -309,11 +311,11 @@ class ChatService:
         history: list[BaseMessage],
         parts: list[str],
         queue: asyncio.Queue[Delta | Message | TurnFailed],
-    ) -> TurnResult:
-        async with _workflow(conversation, message_id, streaming=True):
+    ) -> tuple[TurnResult, WorkflowRun]:
+        async with _workflow(conversation, message_id, streaming=True) as run:
             async for item in stream_turn(turn, history):
                 if isinstance(item, TurnResult):
-                    return item
+                    return item, run
                 parts.append(item)
                 queue.put_nowait(Delta(item))
         raise RuntimeError("the workflow ended without a result")
@@ -322,14 +324,15 @@ class ChatService:
         self,
         conversation: Conversation,
         message_id: str,
-        producer: asyncio.Task[TurnResult],
+        producer: asyncio.Task[tuple[TurnResult, WorkflowRun]],
         parts: list[str],
         queue: asyncio.Queue[Delta | Message | TurnFailed],
     ) -> None:
         result: TurnResult | None = None
+        run: WorkflowRun | None = None
         error: BaseException | None = None
         try:
-            result = await producer
+            result, run = await producer
         except asyncio.CancelledError:
             if not producer.cancelled():
                 raise  # this task itself is cancelled (the server is stopping)
@@ -340,7 +343,10 @@ class ChatService:
         if result is None:
             result = TurnResult(content="".join(parts), finish_reason=None) if parts else None
         stored = await self._finish_turn(conversation, message_id, result, error)
-        queue.put_nowait(stored if error is None else TurnFailed(stored, error))
+        if error is not None:
+            queue.put_nowait(TurnFailed(stored, error))
+        else:
+            queue.put_nowait(stored if run is None else with_usage(stored, run))
 
     async def wait_for_streams(self, timeout_s: float) -> None:
         """Lets streamed turns still being stored finish (server shutdown)."""

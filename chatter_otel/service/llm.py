@@ -22,7 +22,7 @@ from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -87,6 +87,12 @@ class OfflineChatModel(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        # LangChain's way for a chat model to name its provider (tracing, chatter-otel).
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "offline"
+        return params
 
     def bind_tools(
         self, tools: Sequence[dict[str, Any] | type | BaseTool | Any], **kwargs: Any

@@ -1,8 +1,10 @@
 """The chat workflow: a LangGraph loop of ``call_model`` and ``tools`` until the model stops.
 
-The model node opens a ``model_span`` around each LLM call and records the response on it;
-the tool node opens an ``execute_tool`` span per call. The caller wraps the whole run in a
-``workflow_span`` naming the assistant message the turn produces.
+The nodes hold no telemetry code, as in an application adopting chatter-otel: the service
+switches on the LangChain capture (``telemetry.capture_langchain()``), which gives every
+model call its ``chat {model}`` span and every tool call its ``execute_tool {name}`` span.
+The caller wraps the whole run in a ``workflow_span`` naming the assistant message the turn
+produces.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
+from chatter_otel.service.models import Message
 from chatter_otel.service.tools import TOOLS
-from chatter_otel.spans import model_span, record_tool_result, tool_span
+from chatter_otel.spans import WorkflowRun
 
 WORKFLOW_NAME = "chat"
 
@@ -54,39 +57,29 @@ async def call_model(state: ChatState, config: RunnableConfig) -> dict[str, Any]
     turn = _turn(config)
     llm = turn.llm.bind_tools(list(TOOLS.values()))
     messages = state["messages"]
-    async with model_span(
-        provider=turn.provider, model=turn.model, streaming=turn.streaming
-    ) as call:
-        call.record_input(messages)
-        if turn.streaming:
-            reply: Any = None
-            async for chunk in llm.astream(messages, config):
-                call.on_chunk()
-                reply = chunk if reply is None else reply + chunk
-            if reply is None:
-                reply = AIMessageChunk(content="")
-        else:
-            reply = await llm.ainvoke(messages, config)
-        call.record(reply)
+    if turn.streaming:
+        reply: Any = None
+        async for chunk in llm.astream(messages, config):
+            reply = chunk if reply is None else reply + chunk
+        if reply is None:
+            reply = AIMessageChunk(content="")
+    else:
+        reply = await llm.ainvoke(messages, config)
     return {"messages": [reply], "rounds": state.get("rounds", 0) + 1}
 
 
-async def call_tools(state: ChatState) -> dict[str, Any]:
+async def call_tools(state: ChatState, config: RunnableConfig) -> dict[str, Any]:
     last = state["messages"][-1]
     results: list[ToolMessage] = []
     for tool_call in getattr(last, "tool_calls", []):
         name, call_id = tool_call["name"], tool_call["id"]
         try:
             tool = TOOLS.get(name)
-            description = tool.description if tool is not None else None
-            async with tool_span(
-                name, call_id=call_id, description=description, arguments=tool_call["args"]
-            ) as span:
-                if tool is None:
-                    raise LookupError(f"unknown tool {name!r}")
-                content = str(await tool.ainvoke(tool_call["args"]))
-                record_tool_result(span, content)
-            status = "success"
+            if tool is None:
+                raise LookupError(f"unknown tool {name!r}")
+            # Called with the tool call itself, the tool answers with its ToolMessage.
+            output = await tool.ainvoke({**tool_call, "type": "tool_call"}, config)
+            content, status = str(getattr(output, "content", output)), "success"
         except Exception as exc:  # the model sees the error and can answer anyway
             content, status = f"error: {exc}", "error"
         results.append(ToolMessage(content=content, tool_call_id=call_id, name=name, status=status))
@@ -170,3 +163,16 @@ async def stream_turn(
             final = payload
     assert final is not None
     yield _result(final["messages"], len(history))
+
+
+def with_usage(message: Message, run: WorkflowRun) -> Message:
+    """The stored message as the response shows it: with the usage and cost the turn's
+    workflow counted (the same numbers the write-back puts into the row a moment later).
+    Only the returned object changes; the row is the write-back's to fill."""
+    usage = run.usage
+    message.prompt_tokens = usage.input_tokens
+    message.completion_tokens = usage.output_tokens
+    message.total_tokens = usage.total_tokens
+    cost = run.cost
+    message.cost = float(cost) if cost is not None else None
+    return message
