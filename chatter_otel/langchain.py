@@ -42,7 +42,7 @@ from opentelemetry.trace import Span
 
 from chatter_otel import _chat_model, _peers
 from chatter_otel import conventions as c
-from chatter_otel.spans import ModelCall, _current_call, model_span, tool_span
+from chatter_otel.spans import ModelCall, _current_call, model_span, record_tool_result, tool_span
 
 logger = logging.getLogger("chatter_otel")
 
@@ -166,10 +166,13 @@ class ChatterCallbackHandler(BaseCallbackHandler):
 
     def on_llm_new_token(self, token: Any, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._runs.get(run_id)
-        if run is not None and not run.streamed:
+        if run is None:
+            return
+        run.call.on_chunk()
+        if not run.streamed:
             run.streamed = True
             if run.scope is not None:
-                run.call.span.set_attribute(c.CHATTER_STREAMING, True)
+                run.call.span.set_attribute(c.GEN_AI_REQUEST_STREAM, True)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._runs.pop(run_id, None)
@@ -225,14 +228,15 @@ class ChatterCallbackHandler(BaseCallbackHandler):
             serialized = serialized or {}
             name = kwargs.get("name") or serialized.get("name") or "tool"
             call_id = kwargs.get("tool_call_id")
-            scope = tool_span(str(name), call_id=call_id if isinstance(call_id, str) else None)
+            description = serialized.get("description")
+            scope = tool_span(
+                str(name),
+                call_id=call_id if isinstance(call_id, str) else None,
+                description=description if isinstance(description, str) and description else None,
+                arguments=inputs if inputs is not None else input_str,
+            )
             span, _ = scope._open()
             scope._span = span
-            attrs: dict[str, Any] = {c.GEN_AI_TOOL_TYPE: c.TOOL_TYPE_FUNCTION}
-            description = serialized.get("description")
-            if isinstance(description, str) and description:
-                attrs[c.GEN_AI_TOOL_DESCRIPTION] = description
-            span.set_attributes(attrs)
             self._tools[run_id] = (scope, span)
         except Exception:
             logger.debug("LangChain capture: starting a tool span failed", exc_info=True)
@@ -246,6 +250,7 @@ class ChatterCallbackHandler(BaseCallbackHandler):
         call_id = getattr(output, "tool_call_id", None)
         if isinstance(call_id, str) and call_id and scope.call_id is None:
             span.set_attribute(c.GEN_AI_TOOL_CALL_ID, call_id)
+        record_tool_result(span, getattr(output, "content", output))
         span.end()
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
