@@ -32,6 +32,9 @@ WARN_WINDOW_S: Final = 60.0
 WARN_PER_WINDOW: Final = 5
 """...to this many distinct models; the rest are summed up in one line per window."""
 _LABEL_CACHE_LIMIT: Final = 1024
+MAX_MODEL_LABELS: Final = 100
+"""Distinct model names kept as metric label values; later ones are _OTHER. Pricing matches
+names by prefix (``claude-3-5-haiku-<anything>`` is priced), so "known" alone is no bound."""
 _PROBE: Final = Usage(input_tokens=1, output_tokens=1)
 
 
@@ -54,6 +57,8 @@ class Runtime:
     _window_warnings: int = 0
     _suppressed: int = 0
     _labels: dict[tuple[str, str], str] = field(default_factory=dict)
+    _admitted: set[str] = field(default_factory=set)
+    _warned_full: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -83,23 +88,37 @@ class Runtime:
         )
 
     def model_label(self, provider: str, model: str) -> str:
-        """``model`` as a metric attribute value: itself if priced or configured, else _OTHER.
+        """``model`` as a metric attribute value, or _OTHER.
 
         Model names can come from clients; as label values they would make one series each
         (3,000 names made /metrics 32 MB) and push real models into the SDK's overflow
-        series. Spans keep the real name.
+        series. A configured model keeps its name; a priced one too, for the first
+        ``MAX_MODEL_LABELS`` distinct names. Spans keep the real name.
         """
+        if model in self.known_models:
+            return model
         key = (provider, model)
         label = self._labels.get(key)
         if label is None:
-            known = model in self.known_models or (
-                self.pricing.cost(provider, model, _PROBE) is not None
-            )
-            label = model if known else c.OTHER_VALUE
+            known = self.pricing.cost(provider, model, _PROBE) is not None
             with self._lock:
+                full = len(self._admitted) >= MAX_MODEL_LABELS
+                if known and (model in self._admitted or not full):
+                    self._admitted.add(model)
+                    label = model
+                else:
+                    label = c.OTHER_VALUE
                 if len(self._labels) >= _LABEL_CACHE_LIMIT:
                     self._labels.clear()
                 self._labels[key] = label
+            if known and label == c.OTHER_VALUE and full and not self._warned_full:
+                self._warned_full = True
+                logger.warning(
+                    "more than %d distinct model names: further ones are reported as %s "
+                    "in metrics (spans keep the name)",
+                    MAX_MODEL_LABELS,
+                    c.OTHER_VALUE,
+                )
         return label
 
     def warn_unpriced(self, provider: str | None, model: str | None) -> None:

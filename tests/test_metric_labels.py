@@ -119,3 +119,18 @@ def test_unpriced_warnings_are_rate_limited(
         "(add it to CHATTER_OTEL_PRICES_FILE)"
         for i in range(_runtime.WARN_PER_WINDOW)
     ]
+
+
+def test_priced_look_alike_names_are_bounded_too(
+    cap: CapturedTelemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    # genai-prices matches by prefix: every claude-3-5-haiku-<anything> has a price.
+    caplog.set_level(logging.WARNING, logger="chatter_otel")
+    _call("anthropic", "claude-3-5-haiku-latest")
+    for i in range(300):
+        _call("anthropic", f"claude-3-5-haiku-{i}")
+    labels = {str(s[c.GEN_AI_REQUEST_MODEL]) for s in _series(cap, c.METRIC_LLM_COST)}
+    assert len(labels) == _runtime.MAX_MODEL_LABELS + 1  # the first 100 names, and _OTHER
+    assert "claude-3-5-haiku-latest" in labels and c.OTHER_VALUE in labels
+    full = [r for r in caplog.records if "distinct model names" in r.getMessage()]
+    assert len(full) == 1
