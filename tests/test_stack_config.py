@@ -9,9 +9,7 @@ expression of the dashboards.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import stat
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -23,6 +21,7 @@ import pytest
 import yaml
 
 from tests import _dashboards as dash
+from tests._promtool import promtool_path
 
 REPO = dash.REPO
 COLLECTOR_VERSION = "0.157.0"
@@ -896,29 +895,10 @@ def test_conversation_rows_link_to_their_traces_in_jaeger(
 # --- promtool -----------------------------------------------------------------------------------
 
 
-def _find(tool: str) -> str | None:
-    return shutil.which(tool) or (f"/usr/bin/{tool}" if Path(f"/usr/bin/{tool}").exists() else None)
-
-
 @pytest.fixture(scope="session")
 def promtool() -> str:
     """promtool from Debian's prometheus package; installed in CI, never skipped there."""
-    found = _find("promtool")
-    if found is None and os.environ.get("CI", "").lower() == "true":
-        sudo = [] if os.geteuid() == 0 else ["sudo"]
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(
-            [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
-            check=True,
-            env=env,
-        )
-        found = _find("promtool")
-        if found is None:
-            pytest.fail("promtool is still missing after apt-get install prometheus")
-    if found is None:
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return found
+    return promtool_path()
 
 
 def test_prometheus_config_passes_promtool(promtool: str) -> None:
