@@ -99,6 +99,10 @@ json_check() {
   python3 -c 'import json, sys; d = json.load(sys.stdin); sys.exit(0 if eval(sys.argv[1]) else 1)' "$1"
 }
 
+# Keep every trace for this run (the environment wins over .env), so the demo's trace is in
+# Jaeger whatever the tail sampler's baseline percentage; set it to test the policy itself.
+export TAIL_SAMPLING_PERCENTAGE="${TAIL_SAMPLING_PERCENTAGE:-100}"
+
 log "building and starting the stack (waits for every healthcheck, at most ${TIMEOUT}s)"
 "${COMPOSE[@]}" up -d --build --wait --wait-timeout "$TIMEOUT" ||
   {

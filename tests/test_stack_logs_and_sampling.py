@@ -142,6 +142,13 @@ def test_loki_stores_under_its_volume_and_keeps_trace_ids(loki: dict[str, Any]) 
         assert directory.startswith("/loki/")
     # OTLP ingestion keeps trace_id/span_id as structured metadata only when this is on.
     assert loki["limits_config"]["allow_structured_metadata"] is True
+    # A week of logs, deleted by the compactor (which needs a delete-request store for it).
+    assert loki["limits_config"]["retention_period"] == "168h"
+    assert loki["compactor"] == {
+        "working_directory": "/loki/compactor",
+        "retention_enabled": True,
+        "delete_request_store": "filesystem",
+    }
     [period] = loki["schema_config"]["configs"]
     assert (period["store"], period["schema"], period["object_store"]) == (
         "tsdb",
