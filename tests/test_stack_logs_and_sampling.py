@@ -9,6 +9,7 @@ other, and the sampling policy against what it must keep.
 from __future__ import annotations
 
 import re
+import subprocess
 from typing import Any
 
 import pytest
@@ -379,3 +380,50 @@ def test_the_spool_is_a_named_volume_the_service_user_owns(
     # A fresh named volume copies the image directory's owner: chatter (uid 10001), not root.
     assert f"install -d -o chatter -g chatter -m 0700 {SPOOL_DIR}" in dockerfile
     assert dockerfile.index(SPOOL_DIR) < dockerfile.index("USER chatter:chatter")
+
+
+# --- the smoke script ---------------------------------------------------------------------------
+
+SMOKE = REPO / "scripts" / "smoke-stack.sh"
+
+
+def test_smoke_down_sets_every_variable_compose_requires() -> None:
+    """`docker compose down` interpolates the whole file: without .env every `${VAR:?}` must be
+    given a value, or --down fails before stopping anything."""
+    required = set(re.findall(r"\$\{(\w+):\?", (REPO / "docker-compose.yml").read_text()))
+    text = SMOKE.read_text(encoding="utf-8")
+    down = text[text.index("  --down)") : text.index(";;", text.index("  --down)"))]
+    assert required == {"POSTGRES_PASSWORD", "GRAFANA_PG_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
+    for name in required:
+        assert f'{name}="${{{name}:-unused}}"' in down, name
+    assert "--profile gateway down --volumes --remove-orphans" in down
+    assert ".env" not in down.replace("without .env", "").replace("in .env", "")
+
+
+def test_smoke_checks_spm_exemplars_datasources_and_redaction() -> None:
+    text = SMOKE.read_text(encoding="utf-8")
+    for needle in (
+        "/api/metrics/${kind}",
+        "/api/metrics/errors",
+        "/api/v1/query_exemplars",
+        "/api/v1/rules",
+        "/api/datasources/uid/$1/health",
+        "for uid in prometheus jaeger loki chatter-postgres",
+        "/v1/traces",
+        "/v1/logs",
+        "/api/datasources/proxy/uid/loki/loki/api/v1/query_range",
+    ):
+        assert needle in text, needle
+
+
+def test_smoke_script_parses_and_answers_help_without_docker() -> None:
+    subprocess.run(["bash", "-n", str(SMOKE)], check=True)
+    helped = subprocess.run(
+        ["bash", str(SMOKE), "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert helped.returncode == 0
+    assert "--down" in helped.stdout and "Checks:" in helped.stdout
+    wrong = subprocess.run(
+        ["bash", str(SMOKE), "--bogus"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert wrong.returncode == 2
