@@ -108,6 +108,14 @@ def test_loki_keys_were_read_upstream(loki: dict[str, Any], upstream: dict[str, 
     _check_keys(loki, upstream["loki"], "otel/loki/config.yaml")
 
 
+def test_every_datasource_uses_only_grafana_provisioning_keys(
+    datasources: dict[str, dict[str, Any]], upstream: dict[str, Any]
+) -> None:
+    allowed = set(upstream["grafana"]["datasource"]["keys"])
+    for uid, ds in datasources.items():
+        assert set(ds) <= allowed, (uid, sorted(set(ds) - allowed))
+
+
 def test_grafana_loki_and_trace_to_logs_keys_were_read_upstream(
     datasources: dict[str, dict[str, Any]], upstream: dict[str, Any]
 ) -> None:
