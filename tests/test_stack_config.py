@@ -133,6 +133,12 @@ KNOWN_METRICS = {
     "chatter_writeback_orphaned_total",
     "chatter_writeback_rejected_total",
     "chatter_writeback_spooled_total",
+    # Write-back loss panels (trust-wb's metrics, names from the contract between branches).
+    "chatter_writeback_lost_total",
+    "chatter_writeback_unowned_total",
+    "chatter_writeback_late_total",
+    "chatter_writeback_database_errors_total",
+    "chatter_writeback_oldest_age_seconds",
     "traces_span_metrics_calls_total",
     "traces_span_metrics_duration_milliseconds_bucket",
 }
@@ -1009,7 +1015,7 @@ def test_prometheus_config_passes_promtool(promtool: str) -> None:
 
 def test_every_dashboard_promql_expression_parses(promtool: str, tmp_path: Path) -> None:
     exprs = dash.prometheus_exprs()
-    assert len(exprs) == 43
+    assert len(exprs) == 55
     rules = tmp_path / "dashboard-rules.yml"
     rules.write_text(yaml.safe_dump(dash.recording_rules(exprs), sort_keys=False))
     result = subprocess.run(
