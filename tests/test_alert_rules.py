@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from chatter_otel import conventions
 from tests import _dashboards as dash
 from tests._promtool import promtool_path
 
@@ -200,3 +201,49 @@ def test_alerts_read_only_the_service_metrics_and_their_own_recordings() -> None
     for rule in _rules(ALERTS_FILE):
         used |= _metric_names(rule["expr"])
     assert used - recorded == SERVICE_METRICS
+
+
+# --- the names, against the library's conventions ---------------------------------------------
+
+# Prometheus adds these to an OTel metric's name (unit, counter and histogram suffixes).
+PROMETHEUS_SUFFIXES = re.compile(r"(_seconds)?(_total|_bucket|_sum|_count)?$")
+# Labels Prometheus or the exporter set, not OTel attributes.
+TARGET_LABELS = {"job", "instance", "le"}
+
+
+def _convention_names(prefix: str) -> set[str]:
+    """conventions.py values of constants starting with ``prefix``, dots as underscores."""
+    return {
+        value.replace(".", "_")
+        for name, value in vars(conventions).items()
+        if name.startswith(prefix) and isinstance(value, str)
+    }
+
+
+def test_every_metric_an_alert_reads_is_one_the_library_defines() -> None:
+    """Fails until the metric renames (semconv) and write-back metrics (trust-wb) are merged."""
+    defined = _convention_names("METRIC_")
+    for metric in SERVICE_METRICS - {"up"}:
+        assert PROMETHEUS_SUFFIXES.sub("", metric) in defined, metric
+
+
+def test_every_label_an_alert_reads_is_an_attribute_the_library_defines() -> None:
+    attributes = {
+        value.replace(".", "_")
+        for name, value in vars(conventions).items()
+        if name.isupper() and not name.startswith("METRIC_") and isinstance(value, str)
+    }
+    labels: set[str] = set()
+    for rule in _rules(ALERTS_FILE):
+        labels |= set(re.findall(r"(\w+)\s*(?:=~|!=|=)\s*\"", rule["expr"]))
+        for group in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", rule["expr"]):
+            labels |= {label.strip() for label in group.split(",") if label.strip()}
+    assert labels - TARGET_LABELS == {
+        "gen_ai_provider_name",
+        "gen_ai_request_model",
+        "gen_ai_workflow_name",
+        "chatter_workflow_outcome",
+        "chatter_writeback_reason",
+        "error_type",
+    }
+    assert labels - TARGET_LABELS <= attributes
