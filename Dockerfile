@@ -21,9 +21,12 @@ COPY chatter_otel ./chatter_otel
 RUN pip install . \
     && rm -rf /src
 
+# The user, and the write-back spool (CHATTER_OTEL_WRITEBACK_SPOOL in docker-compose.yml): a
+# named volume mounted there starts as a copy of this directory, so chatter owns it.
 RUN groupadd --system --gid 10001 chatter \
     && useradd --system --uid 10001 --gid chatter --home-dir /home/chatter --create-home \
-       --shell /usr/sbin/nologin chatter
+       --shell /usr/sbin/nologin chatter \
+    && install -d -o chatter -g chatter -m 0700 /var/lib/chatter/spool
 USER chatter:chatter
 WORKDIR /home/chatter
 

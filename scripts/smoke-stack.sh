@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Smoke test of the Docker stack (needs Docker with the compose plugin).
 #
-#   scripts/smoke-stack.sh          build and start the stack, run the demo, check that its
-#                                   trace reached Jaeger, its metrics reached Prometheus and
-#                                   Grafana has its dashboards; the stack is left running
-#   scripts/smoke-stack.sh --down   stop the stack and delete its volumes
+#   scripts/smoke-stack.sh          build and start the stack, run the demo and check the
+#                                   round trip (list below); the stack is left running
+#   scripts/smoke-stack.sh --down   stop the stack (gateway profile too) and delete its volumes;
+#                                   works without .env
 #
+# Checks: the demo's trace is in Jaeger; its metrics and the span metrics are in Prometheus;
+# Prometheus holds exemplars with a trace_id; Jaeger's Monitor tab (SPM) answers
+# /api/metrics/{calls,latencies,errors} from the span metrics; the alert rules are loaded;
+# Grafana lists the dashboards and every datasource passes its health check (PostgreSQL
+# credentials, Jaeger, Loki, Prometheus); a span and a log record carrying prompt text, sent to
+# the Collector, reach Jaeger and Loki without it; the log record carries its trace id in Loki.
 # Exits non-zero on the first miss. Every wait is bounded (SMOKE_TIMEOUT seconds, default 180).
 # Reads .env (copy .env.example first); the UIs are reached on 127.0.0.1 unless
 # STACK_BIND_ADDRESS says otherwise.
@@ -23,12 +29,17 @@ fail() {
 }
 
 usage() {
-  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 case "${1:-}" in
   --down)
-    "${COMPOSE[@]}" down --volumes --remove-orphans
+    # The compose file requires the passwords to be set even to tear down; without .env any
+    # value does (nothing is started). Values already set, or in .env, win.
+    POSTGRES_PASSWORD="${POSTGRES_PASSWORD:-unused}" \
+      GRAFANA_PG_PASSWORD="${GRAFANA_PG_PASSWORD:-unused}" \
+      GRAFANA_ADMIN_PASSWORD="${GRAFANA_ADMIN_PASSWORD:-unused}" \
+      "${COMPOSE[@]}" --profile gateway down --volumes --remove-orphans
     exit 0
     ;;
   -h | --help)
@@ -68,6 +79,7 @@ GRAFANA_PASSWORD="$(env_value GRAFANA_ADMIN_PASSWORD '')"
 [[ -n "$GRAFANA_PASSWORD" ]] || fail "GRAFANA_ADMIN_PASSWORD is not set in .env"
 
 JAEGER="http://${HOST}:16686"
+OTLP_HTTP="http://${HOST}:4318"
 PROMETHEUS="http://${HOST}:9090"
 GRAFANA="http://${HOST}:3000"
 
@@ -86,6 +98,10 @@ retry() {
 json_check() {
   python3 -c 'import json, sys; d = json.load(sys.stdin); sys.exit(0 if eval(sys.argv[1]) else 1)' "$1"
 }
+
+# Keep every trace for this run (the environment wins over .env), so the demo's trace is in
+# Jaeger whatever the tail sampler's baseline percentage; set it to test the policy itself.
+export TAIL_SAMPLING_PERCENTAGE="${TAIL_SAMPLING_PERCENTAGE:-100}"
 
 log "building and starting the stack (waits for every healthcheck, at most ${TIMEOUT}s)"
 "${COMPOSE[@]}" up -d --build --wait --wait-timeout "$TIMEOUT" ||
@@ -127,6 +143,81 @@ span_metrics_in_prometheus() {
 }
 retry "Prometheus to hold the Collector's span metrics" span_metrics_in_prometheus
 
+exemplars_in_prometheus() {
+  curl -fsS --max-time 10 --get "${PROMETHEUS}/api/v1/query_exemplars" \
+    --data-urlencode 'query=gen_ai_client_operation_duration_seconds_bucket' \
+    --data-urlencode "start=$(($(date +%s) - 3600))" \
+    --data-urlencode "end=$(date +%s)" |
+    json_check 'any("trace_id" in e["labels"] for s in d["data"] for e in s["exemplars"])'
+}
+retry "Prometheus to hold exemplars with a trace_id" exemplars_in_prometheus
+
+alert_rules_loaded() {
+  curl -fsS --max-time 10 --get "${PROMETHEUS}/api/v1/rules" --data-urlencode 'type=alert' |
+    json_check '{"ChatterLLMCostOverBudget", "ChatterWritebackRecordsLost", "ChatterScrapeTargetDown"} <= {r["name"] for g in d["data"]["groups"] for r in g["rules"]}'
+}
+retry "Prometheus to load the Chatter alert rules" alert_rules_loaded
+
+# Jaeger's Monitor tab: the same queries the UI sends, answered from the span metrics.
+spm_answers() {
+  local kind
+  for kind in calls latencies; do
+    curl -fsS --max-time 10 --get "${JAEGER}/api/metrics/${kind}" \
+      --data-urlencode "service=chatter" --data-urlencode "quantile=0.95" |
+      json_check 'len(d.get("metrics") or []) > 0' || return 1
+  done
+  curl -fsS --max-time 10 --get "${JAEGER}/api/metrics/errors" --data-urlencode "service=chatter" |
+    json_check '"name" in d'
+}
+retry "Jaeger SPM (/api/metrics/calls, latencies, errors) to answer for chatter" spm_answers
+
+# Redaction: one span and one log record carrying prompt text go to the Collector over
+# OTLP/HTTP. The span has an error status, so tail sampling keeps it.
+trace_id="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+span_id="$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
+secret="smoke-secret-${trace_id:0:8}"
+now_ns="$(python3 -c 'import time; print(time.time_ns())')"
+resource='{"attributes":[{"key":"service.name","value":{"stringValue":"smoke-redaction"}}]}'
+curl -fsS --max-time 10 -H 'Content-Type: application/json' "${OTLP_HTTP}/v1/traces" -d @- >/dev/null <<JSON ||
+{"resourceSpans":[{"resource":${resource},"scopeSpans":[{"scope":{"name":"smoke"},"spans":[{
+ "traceId":"${trace_id}","spanId":"${span_id}","name":"chat smoke-model","kind":3,
+ "startTimeUnixNano":"$((now_ns - 1000000000))","endTimeUnixNano":"${now_ns}",
+ "status":{"code":2},
+ "attributes":[{"key":"gen_ai.input.messages","value":{"stringValue":"${secret}"}},
+               {"key":"gen_ai.request.model","value":{"stringValue":"smoke-model"}}]}]}]}]}
+JSON
+  fail "the Collector refused an OTLP/HTTP span"
+curl -fsS --max-time 10 -H 'Content-Type: application/json' "${OTLP_HTTP}/v1/logs" -d @- >/dev/null <<JSON ||
+{"resourceLogs":[{"resource":${resource},"scopeLogs":[{"scope":{"name":"smoke"},"logRecords":[{
+ "timeUnixNano":"${now_ns}","severityText":"INFO","body":{"stringValue":"smoke log ${trace_id}"},
+ "traceId":"${trace_id}","spanId":"${span_id}",
+ "attributes":[{"key":"gen_ai.input.messages","value":{"stringValue":"${secret}"}}]}]}]}]}
+JSON
+  fail "the Collector refused an OTLP/HTTP log record"
+
+span_redacted_in_jaeger() {
+  local body
+  body="$(curl -fsS --max-time 10 "${JAEGER}/api/traces/${trace_id}")" || return 1
+  [[ "$body" != *"${secret}"* ]] || fail "prompt text reached Jaeger: the Collector did not redact it"
+  printf '%s' "$body" |
+    json_check '"gen_ai.request.model" in {t["key"] for t in d["data"][0]["spans"][0]["tags"]}'
+}
+retry "Jaeger to hold the smoke span without its prompt attribute" span_redacted_in_jaeger
+
+log_redacted_in_loki() {
+  local body
+  body="$(curl -fsS --max-time 10 -u "${GRAFANA_USER}:${GRAFANA_PASSWORD}" --get \
+    "${GRAFANA}/api/datasources/proxy/uid/loki/loki/api/v1/query_range" \
+    --data-urlencode 'query={service_name="smoke-redaction"}' \
+    --data-urlencode "start=$(($(date +%s) - 3600))000000000" --data-urlencode 'limit=50')" ||
+    return 1
+  [[ "$body" != *"${secret}"* ]] || fail "prompt text reached Loki: the Collector did not redact it"
+  printf '%s' "$body" |
+    json_check "any(s['stream'].get('trace_id') == '${trace_id}' for s in d['data']['result'])"
+}
+retry "Loki to hold the smoke log record, with its trace_id and without its prompt attribute" \
+  log_redacted_in_loki
+
 grafana_healthy() {
   curl -fsS --max-time 10 "${GRAFANA}/api/health" | json_check 'd.get("database") == "ok"'
 }
@@ -139,7 +230,15 @@ grafana_has_dashboards() {
 }
 retry "Grafana to list the three Chatter dashboards" grafana_has_dashboards
 
-log "PASS: trace, metrics and dashboards are in place"
+datasource_healthy() {
+  curl -fsS --max-time 20 -u "${GRAFANA_USER}:${GRAFANA_PASSWORD}" \
+    "${GRAFANA}/api/datasources/uid/$1/health" | json_check 'd.get("status") == "OK"'
+}
+for uid in prometheus jaeger loki chatter-postgres; do
+  retry "Grafana datasource ${uid} to pass its health check" datasource_healthy "$uid"
+done
+
+log "PASS: traces, metrics, exemplars, SPM, alert rules, logs, redaction, dashboards and datasources"
 log "Jaeger:     ${JAEGER}/search?service=chatter&tags=%7B%22chatter.conversation.id%22%3A%22${conversation_id}%22%7D"
 log "Prometheus: ${PROMETHEUS}"
 log "Grafana:    ${GRAFANA}"

@@ -257,6 +257,9 @@ def test_the_dashboards_have_these_sql_panels() -> None:
         ("Tokens per day", "time_series"),
         ("Cost per day (USD)", "time_series"),
         ("Assistant messages still missing usage", "table"),
+        ("Cost per day by user (top 10 users, USD)", "time_series"),
+        ("Most expensive users per day", "table"),
+        ("Most expensive users per month", "table"),
     ]
 
 
@@ -350,3 +353,50 @@ def test_tokens_and_cost_per_day(reader: Reader) -> None:
     assert tokens[1]["time"] - tokens[0]["time"] == timedelta(days=2)
     cost = reader.query("Cost per day (USD)")
     assert [r["cost_usd"] for r in cost] == pytest.approx([0.0021, 0.0009 + 0.015])
+
+
+# --- cost per user: who are our expensive users -------------------------------------------------
+
+TODAY = NOW.strftime("%Y-%m-%d")
+TWO_DAYS_AGO = (NOW - timedelta(days=2)).strftime("%Y-%m-%d")
+
+
+def test_expensive_users_are_ranked_within_each_day(reader: Reader) -> None:
+    rows = reader.query("Most expensive users per day")
+    assert [
+        (r["day"], r["user"], r["assistant_messages"], r["tokens"], r["unpriced"], r["rank_in_day"])
+        for r in rows
+    ] == [
+        (TODAY, "bob", 1, 5000, 0, 1),
+        # Today alice has a priced answer, an unpriced one and one still missing usage.
+        (TODAY, "alice", 3, 800, 1, 2),
+        (TWO_DAYS_AGO, "alice", 1, 1000, 0, 1),
+    ]
+    assert [r["cost_usd"] for r in rows] == pytest.approx([0.015, 0.0009, 0.0021])
+    assert {r["user_id"] for r in rows} == {ALICE, BOB}
+
+
+def test_expensive_users_are_ranked_within_each_month(reader: Reader) -> None:
+    rows = reader.query("Most expensive users per month")
+    this_month = NOW.strftime("%Y-%m")
+    got = [(r["month"], r["user"], r["tokens"], r["rank_in_month"]) for r in rows]
+    if TWO_DAYS_AGO[:7] == this_month:
+        assert got == [(this_month, "bob", 5000, 1), (this_month, "alice", 1800, 2)]
+        assert [r["cost_usd"] for r in rows] == pytest.approx([0.015, 0.003])
+    else:  # the run is in the first two days of a month: alice's older answer is last month's
+        assert got == [
+            (this_month, "bob", 5000, 1),
+            (this_month, "alice", 800, 2),
+            (TWO_DAYS_AGO[:7], "alice", 1000, 1),
+        ]
+        assert [r["cost_usd"] for r in rows] == pytest.approx([0.015, 0.0009, 0.0021])
+
+
+def test_cost_per_day_is_split_by_user(reader: Reader) -> None:
+    rows = reader.query("Cost per day by user (top 10 users, USD)")
+    assert [(r["time"].astimezone(UTC).strftime("%Y-%m-%d"), r["metric"]) for r in rows] == [
+        (TWO_DAYS_AGO, "alice"),
+        (TODAY, "alice"),
+        (TODAY, "bob"),
+    ]
+    assert [r["cost_usd"] for r in rows] == pytest.approx([0.0021, 0.0009, 0.015])

@@ -9,9 +9,7 @@ expression of the dashboards.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import stat
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -23,10 +21,16 @@ import pytest
 import yaml
 
 from tests import _dashboards as dash
+from tests._promtool import promtool_path
+from tests._stack import COLLECTOR_CONFIGS, COLLECTOR_VERSION, COMPONENTS_FILE, KINDS
+from tests._stack import component_type as _type
+from tests._stack import env_default as _env_default
+from tests._stack import environment as _environment
+from tests._stack import load_yaml as _yaml
+from tests._stack import pipelines as _pipelines
+from tests._stack import port as _port
 
 REPO = dash.REPO
-COLLECTOR_VERSION = "0.157.0"
-COMPONENTS_FILE = REPO / "tests" / "data" / f"otelcol-contrib-{COLLECTOR_VERSION}-components.yaml"
 
 # The OTLP exporter defaults of every OpenTelemetry SDK (OTEL_EXPORTER_OTLP_ENDPOINT).
 OTLP_GRPC_DEFAULT_PORT = 4317
@@ -34,6 +38,7 @@ OTLP_HTTP_DEFAULT_PORT = 4318
 
 PINNED_IMAGES = {
     "postgres": "postgres:17.6",
+    "loki": "grafana/loki:3.7.6",
     "jaeger": "jaegertracing/jaeger:2.19.0",
     "prometheus": "prom/prometheus:v3.5.0",
     "grafana": "grafana/grafana:12.2.0",
@@ -52,7 +57,7 @@ PUBLISHED_PORTS = {
     "prometheus": [9090],
     "grafana": [3000],
 }
-PROVISIONED_UIDS = {"prometheus", "jaeger", "chatter-postgres"}
+PROVISIONED_UIDS = {"prometheus", "jaeger", "loki", "chatter-postgres"}
 
 # Attribute keys that carry prompt or completion text: the Collector must delete them.
 CONTENT_KEYS = [
@@ -129,18 +134,18 @@ KNOWN_METRICS = {
     "chatter_writeback_orphaned_total",
     "chatter_writeback_rejected_total",
     "chatter_writeback_spooled_total",
+    # Write-back loss panels (trust-wb's metrics, names from the contract between branches).
+    "chatter_writeback_lost_total",
+    "chatter_writeback_unowned_total",
+    "chatter_writeback_late_total",
+    "chatter_writeback_database_errors_total",
+    "chatter_writeback_oldest_age_seconds",
     "traces_span_metrics_calls_total",
     "traces_span_metrics_duration_milliseconds_bucket",
 }
 
 
 # --- loading -----------------------------------------------------------------------------------
-
-
-def _yaml(path: str) -> dict[str, Any]:
-    data = yaml.safe_load((REPO / path).read_text(encoding="utf-8"))
-    assert isinstance(data, dict), f"{path} is not a YAML mapping"
-    return data
 
 
 @pytest.fixture(scope="module")
@@ -186,37 +191,10 @@ def dashboards() -> dict[str, dict[str, Any]]:
     return dash.load_dashboards()
 
 
-KINDS = {
-    "receivers": "receiver",
-    "processors": "processor",
-    "exporters": "exporter",
-    "connectors": "connector",
-    "extensions": "extension",
-}
-
-
-def _type(component_id: str) -> str:
-    return component_id.split("/", 1)[0]
-
-
-def _pipelines(config: Mapping[str, Any]) -> dict[str, dict[str, list[str]]]:
-    return config["service"]["pipelines"]  # type: ignore[no-any-return]
-
-
-def _port(endpoint: str) -> int:
-    return int(endpoint.rsplit(":", 1)[1])
-
-
-def _env_default(value: str) -> str:
-    """``${VAR:-default}`` / ``${env:VAR:-default}`` -> default (the value with VAR unset)."""
-    return re.sub(r"\$\{(?:env:)?\w+:-([^}]*)\}", r"\1", value)
-
-
-def _environment(service: Mapping[str, Any]) -> dict[str, str]:
-    env = service.get("environment", {})
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) for item in env)
-    return {str(k): str(v) for k, v in env.items()}
+@pytest.fixture(scope="module")
+def collectors() -> dict[str, dict[str, Any]]:
+    """Every Collector configuration of the stack, by file."""
+    return {path: _yaml(path) for path in COLLECTOR_CONFIGS}
 
 
 # --- Collector: structure ---------------------------------------------------------------------
@@ -227,83 +205,143 @@ def test_the_components_file_is_for_the_pinned_collector_image(
 ) -> None:
     assert pinned_components["version"] == COLLECTOR_VERSION
     assert pinned_components["image"] == f"otel/opentelemetry-collector-contrib:{COLLECTOR_VERSION}"
+    # Where the module list was copied from: anyone can check it with git.
+    assert pinned_components["source"] == {
+        "repository": "open-telemetry/opentelemetry-collector-releases",
+        "tag": f"v{COLLECTOR_VERSION}",
+        "commit": "145e73e8663aff5ce978ea38cf0cbd4a97017141",
+        "path": "distributions/otelcol-contrib/manifest.yaml",
+    }
     dockerfile = (REPO / "otel/collector/Dockerfile").read_text(encoding="utf-8")
     assert f"FROM otel/opentelemetry-collector-contrib:{COLLECTOR_VERSION}\n" in dockerfile
 
 
-def test_every_component_a_pipeline_names_is_defined(collector: dict[str, Any]) -> None:
-    for name, pipeline in _pipelines(collector).items():
+def test_the_module_list_is_the_release_manifest_not_a_guess(
+    pinned_components: dict[str, Any],
+) -> None:
+    """Modules the v0.157.0 contrib manifest dropped or added (collector-releases be578aaf,
+    d203815e): the jmx and signalfx receivers are gone, the tail storage and drain are in."""
+    modules = pinned_components["modules"]
+    contrib = "github.com/open-telemetry/opentelemetry-collector-contrib/"
+    assert f"{contrib}receiver/jmxreceiver" not in modules["receiver"]
+    assert f"{contrib}receiver/signalfxreceiver" not in modules["receiver"]
+    assert f"{contrib}exporter/signalfxexporter" in modules["exporter"]
+    assert f"{contrib}processor/drainprocessor" in modules["processor"]
+    assert f"{contrib}extension/tailstorage/pebbletailstorageextension" in modules["extension"]
+    assert {kind: len(paths) for kind, paths in modules.items()} == {
+        "receiver": 107,
+        "processor": 32,
+        "exporter": 49,
+        "connector": 13,
+        "extension": 40,
+    }
+
+
+@pytest.mark.parametrize("path", COLLECTOR_CONFIGS)
+def test_every_component_a_pipeline_names_is_defined(
+    collectors: dict[str, dict[str, Any]], path: str
+) -> None:
+    config = collectors[path]
+    for name, pipeline in _pipelines(config).items():
         for role, section in (
             ("receivers", ("receivers", "connectors")),
             ("processors", ("processors",)),
             ("exporters", ("exporters", "connectors")),
         ):
             for component in pipeline.get(role, []):
-                assert any(component in collector.get(s, {}) for s in section), (
-                    f"pipeline {name} names {role[:-1]} {component!r}, which is not defined"
+                assert any(component in config.get(s, {}) for s in section), (
+                    f"{path}: pipeline {name} names {role[:-1]} {component!r}, not defined"
                 )
-    for extension in collector["service"]["extensions"]:
-        assert extension in collector["extensions"], f"extension {extension} is not defined"
+    for extension in config["service"]["extensions"]:
+        assert extension in config["extensions"], f"{path}: extension {extension} not defined"
 
 
-def test_every_defined_component_is_used(collector: dict[str, Any]) -> None:
-    pipelines = _pipelines(collector).values()
+@pytest.mark.parametrize("path", COLLECTOR_CONFIGS)
+def test_every_defined_component_is_used(collectors: dict[str, dict[str, Any]], path: str) -> None:
+    config = collectors[path]
+    pipelines = _pipelines(config).values()
     used_as = {
         role: {c for p in pipelines for c in p.get(role, [])}
         for role in ("receivers", "processors", "exporters")
     }
     for section in ("receivers", "processors", "exporters"):
-        unused = set(collector.get(section, {})) - used_as[section]
-        assert not unused, f"{section} defined but never used: {sorted(unused)}"
-    for connector in collector.get("connectors", {}):
-        assert connector in used_as["exporters"], f"connector {connector} never receives data"
-        assert connector in used_as["receivers"], f"connector {connector} never emits data"
-    assert set(collector["extensions"]) == set(collector["service"]["extensions"])
+        unused = set(config.get(section, {})) - used_as[section]
+        assert not unused, f"{path}: {section} defined but never used: {sorted(unused)}"
+    for connector in config.get("connectors", {}):
+        assert connector in used_as["exporters"], f"{path}: {connector} never receives data"
+        assert connector in used_as["receivers"], f"{path}: {connector} never emits data"
+    assert set(config["extensions"]) == set(config["service"]["extensions"])
 
 
-def test_every_component_type_exists_in_the_pinned_collector(
-    collector: dict[str, Any], pinned_components: dict[str, Any]
+@pytest.mark.parametrize("path", COLLECTOR_CONFIGS)
+def test_every_component_type_is_a_module_of_the_pinned_collector(
+    collectors: dict[str, dict[str, Any]], pinned_components: dict[str, Any], path: str
 ) -> None:
-    known = pinned_components["components"]
+    types, modules = pinned_components["types"], pinned_components["modules"]
     for section, kind in KINDS.items():
-        for component in collector.get(section, {}):
-            assert _type(component) in known[kind], (
-                f"{kind} type {_type(component)!r} is not in otelcol-contrib {COLLECTOR_VERSION}"
+        for component in collectors[path].get(section, {}):
+            module = types[kind].get(_type(component))
+            assert module, f"{path}: {kind} type {_type(component)!r} has no known module"
+            assert module in modules[kind], (
+                f"{module} is not in otelcol-contrib {COLLECTOR_VERSION}"
             )
 
 
+@pytest.mark.parametrize("path", COLLECTOR_CONFIGS)
 def test_the_collector_uses_current_names_not_deprecated_aliases(
-    collector: dict[str, Any], pinned_components: dict[str, Any]
+    collectors: dict[str, dict[str, Any]], pinned_components: dict[str, Any], path: str
 ) -> None:
     for kind, aliases in pinned_components["deprecated_aliases"].items():
-        section = f"{kind}s"
-        for component in collector.get(section, {}):
+        for component in collectors[path].get(f"{kind}s", {}):
             assert _type(component) not in aliases, (
-                f"{component!r} uses a deprecated alias: use {aliases[_type(component)]!r}"
+                f"{path}: {component!r} is a deprecated alias: use {aliases[_type(component)]!r}"
             )
-    assert "otlp_grpc/jaeger" in collector["exporters"]
-    assert "span_metrics" in collector["connectors"]
 
 
-def test_component_types_used_by_the_stack(collector: dict[str, Any]) -> None:
-    used = {s: sorted({_type(c) for c in collector.get(s, {})}) for s in KINDS}
+def test_component_types_used_by_the_stack(collectors: dict[str, dict[str, Any]]) -> None:
+    used = {
+        path: {s: sorted({_type(c) for c in config.get(s, {})}) for s in KINDS}
+        for path, config in collectors.items()
+    }
     assert used == {
-        "receivers": ["otlp"],
-        "processors": ["batch", "memory_limiter", "resource", "transform"],
-        "exporters": ["debug", "otlp_grpc", "prometheus"],
-        "connectors": ["span_metrics"],
-        "extensions": ["health_check"],
+        "collector-config.yaml": {
+            "receivers": ["otlp"],
+            "processors": ["batch", "memory_limiter", "resource", "tail_sampling", "transform"],
+            "exporters": ["otlp_grpc", "otlp_http", "prometheus"],
+            "connectors": ["forward", "span_metrics"],
+            "extensions": ["health_check"],
+        },
+        "otel/collector/gateway.yaml": {
+            "receivers": ["otlp"],
+            "processors": ["batch", "memory_limiter", "resource", "transform"],
+            "exporters": ["load_balancing", "otlp_http", "prometheus"],
+            "connectors": ["span_metrics"],
+            "extensions": ["health_check"],
+        },
+        "otel/collector/sampler.yaml": {
+            "receivers": ["otlp"],
+            "processors": ["batch", "memory_limiter", "tail_sampling"],
+            "exporters": ["otlp_grpc"],
+            "connectors": [],
+            "extensions": ["health_check"],
+        },
     }
 
 
-def test_pipelines_wire_traces_to_jaeger_and_span_metrics_to_prometheus(
+def test_pipelines_count_every_span_then_sample_traces_for_jaeger(
     collector: dict[str, Any],
 ) -> None:
+    """span_metrics sees every redacted span; only traces/sampled goes through tail_sampling."""
     assert _pipelines(collector) == {
         "traces": {
             "receivers": ["otlp"],
             "processors": ["memory_limiter", "transform/drop_content", "resource", "batch"],
-            "exporters": ["otlp_grpc/jaeger", "span_metrics"],
+            "exporters": ["span_metrics", "forward/sampling"],
+        },
+        "traces/sampled": {
+            "receivers": ["forward/sampling"],
+            "processors": ["memory_limiter", "tail_sampling", "batch"],
+            "exporters": ["otlp_grpc/jaeger"],
         },
         "metrics": {
             "receivers": ["otlp", "span_metrics"],
@@ -313,17 +351,18 @@ def test_pipelines_wire_traces_to_jaeger_and_span_metrics_to_prometheus(
         "logs": {
             "receivers": ["otlp"],
             "processors": ["memory_limiter", "transform/drop_content", "resource", "batch"],
-            "exporters": ["debug"],
+            "exporters": ["otlp_http/loki"],
         },
     }
 
 
+@pytest.mark.parametrize("path", COLLECTOR_CONFIGS)
 def test_every_pipeline_starts_with_memory_limiter_and_ends_with_batch(
-    collector: dict[str, Any],
+    collectors: dict[str, dict[str, Any]], path: str
 ) -> None:
-    for name, pipeline in _pipelines(collector).items():
-        assert pipeline["processors"][0] == "memory_limiter", name
-        assert pipeline["processors"][-1] == "batch", name
+    for name, pipeline in _pipelines(collectors[path]).items():
+        assert pipeline["processors"][0] == "memory_limiter", (path, name)
+        assert pipeline["processors"][-1] == "batch", (path, name)
 
 
 def test_otlp_receiver_listens_on_all_interfaces_on_the_sdk_default_ports(
@@ -341,9 +380,16 @@ def test_prometheus_exporter_writes_openmetrics_so_exemplars_survive(
     exporter = collector["exporters"]["prometheus"]
     assert exporter["endpoint"] == "0.0.0.0:8889"
     assert exporter["enable_open_metrics"] is True
-    # job/instance come from service.name/service.instance.id; converting every resource
-    # attribute would duplicate service_name on the span metrics.
-    assert exporter["resource_to_telemetry_conversion"] == {"enabled": False}
+
+
+def test_prometheus_exporter_names_are_pinned_not_left_to_the_default(
+    collector: dict[str, Any],
+) -> None:
+    """Dashboards, alerts and Jaeger's SPM read the suffixed names (_total, _seconds, _bucket);
+    the deprecated resource_to_telemetry_conversion is not used."""
+    exporter = collector["exporters"]["prometheus"]
+    assert exporter["translation_strategy"] == "UnderscoreEscapingWithSuffixes"
+    assert "resource_to_telemetry_conversion" not in exporter
 
 
 def test_span_metrics_have_exemplars_and_the_names_jaeger_spm_reads(
@@ -413,11 +459,22 @@ def test_an_attribute_the_pipeline_needs_is_kept(collector: dict[str, Any], key:
         assert not pattern.search(key), f"{key} would be deleted from {target}"
 
 
+@pytest.mark.parametrize(
+    ("service", "path"),
+    [
+        ("otel-collector", "collector-config.yaml"),
+        ("otel-gateway", "otel/collector/gateway.yaml"),
+        ("otel-sampler", "otel/collector/sampler.yaml"),
+    ],
+)
 def test_health_check_extension_is_what_the_container_healthcheck_probes(
-    collector: dict[str, Any], services: dict[str, dict[str, Any]]
+    collectors: dict[str, dict[str, Any]],
+    services: dict[str, dict[str, Any]],
+    service: str,
+    path: str,
 ) -> None:
-    assert collector["extensions"]["health_check"]["endpoint"] == "0.0.0.0:13133"
-    assert services["otel-collector"]["healthcheck"]["test"] == [
+    assert collectors[path]["extensions"]["health_check"]["endpoint"] == "0.0.0.0:13133"
+    assert services[service]["healthcheck"]["test"] == [
         "CMD",
         "/probe/busybox",
         "wget",
@@ -426,6 +483,9 @@ def test_health_check_extension_is_what_the_container_healthcheck_probes(
         "/dev/null",
         "http://127.0.0.1:13133/",
     ]
+    assert ("./" + path, "/etc/otelcol-contrib/config.yaml") in {
+        (src, dst) for name, src, dst in _mounts(services) if name == service
+    }
 
 
 # --- Jaeger -----------------------------------------------------------------------------------
@@ -488,15 +548,25 @@ def test_jaeger_ui_and_health_ports_match_compose(
 # --- docker-compose.yml -------------------------------------------------------------------------
 
 
-def test_compose_runs_the_six_services(services: dict[str, dict[str, Any]]) -> None:
-    assert sorted(services) == [
-        "chatter",
-        "grafana",
-        "jaeger",
-        "otel-collector",
-        "postgres",
-        "prometheus",
-    ]
+def test_compose_runs_seven_services_and_the_gateway_layout_on_request(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    by_profile: dict[str, list[str]] = {}
+    for name, service in services.items():
+        for profile in service.get("profiles", ["default"]):
+            by_profile.setdefault(profile, []).append(name)
+    assert {profile: sorted(names) for profile, names in by_profile.items()} == {
+        "default": [
+            "chatter",
+            "grafana",
+            "jaeger",
+            "loki",
+            "otel-collector",
+            "postgres",
+            "prometheus",
+        ],
+        "gateway": ["otel-gateway", "otel-sampler"],
+    }
 
 
 def test_every_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
@@ -511,9 +581,11 @@ def test_every_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) ->
 def test_depends_on_waits_for_healthy_services(services: dict[str, dict[str, Any]]) -> None:
     expected = {
         "chatter": {"postgres", "otel-collector"},
-        "otel-collector": {"jaeger"},
+        "otel-collector": {"jaeger", "loki"},
+        "otel-gateway": {"otel-sampler", "loki"},
+        "otel-sampler": {"jaeger"},
         "prometheus": {"otel-collector"},
-        "grafana": {"postgres", "prometheus", "jaeger"},
+        "grafana": {"postgres", "prometheus", "jaeger", "loki"},
     }
     for name, service in services.items():
         depends = service.get("depends_on", {})
@@ -530,6 +602,8 @@ def test_images_are_pinned_to_exact_versions(services: dict[str, dict[str, Any]]
     assert built == {
         "chatter": {"context": ".", "dockerfile": "Dockerfile"},
         "otel-collector": {"context": "./otel/collector"},
+        "otel-gateway": {"context": "./otel/collector"},
+        "otel-sampler": {"context": "./otel/collector"},
     }
     for dockerfile, expected in PINNED_BASE_IMAGES.items():
         text = (REPO / dockerfile).read_text(encoding="utf-8")
@@ -598,6 +672,10 @@ def test_configs_are_mounted_where_each_program_reads_them(
         ("otel-collector", "./collector-config.yaml", "/etc/otelcol-contrib/config.yaml"),
         ("jaeger", "./otel/jaeger/config.yaml", "/etc/jaeger/config.yaml"),
         ("prometheus", "./otel/prometheus/prometheus.yml", "/etc/prometheus/prometheus.yml"),
+        ("prometheus", "./otel/prometheus/rules", "/etc/prometheus/rules"),
+        ("loki", "./otel/loki/config.yaml", "/etc/loki/config.yaml"),
+        ("otel-gateway", "./otel/collector/gateway.yaml", "/etc/otelcol-contrib/config.yaml"),
+        ("otel-sampler", "./otel/collector/sampler.yaml", "/etc/otelcol-contrib/config.yaml"),
         ("postgres", "./otel/postgres/init", "/docker-entrypoint-initdb.d"),
         (
             "grafana",
@@ -660,7 +738,10 @@ def test_chatter_sends_all_telemetry_to_the_collector(
 ) -> None:
     env = _environment(services["chatter"])
     grpc_port = _port(collector["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"])
-    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector:{grpc_port}"
+    # CHATTER_OTLP_ENDPOINT switches to the gateway layout (README, "Scaling the Collector").
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == (
+        f"${{CHATTER_OTLP_ENDPOINT:-http://otel-collector:{grpc_port}}}"
+    )
     assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
     assert env["OTEL_SERVICE_NAME"] == "chatter"
     assert env["OTEL_TRACES_EXPORTER"] == "otlp"
@@ -702,11 +783,20 @@ def test_prometheus_scrapes_the_collector_prometheus_exporter(
     collector: dict[str, Any],
     services: dict[str, dict[str, Any]],
 ) -> None:
-    [job] = prometheus_config["scrape_configs"]
+    job, gateway = prometheus_config["scrape_configs"]
     port = _port(collector["exporters"]["prometheus"]["endpoint"])
     assert job["static_configs"] == [{"targets": [f"otel-collector:{port}"]}]
     # Keep job="chatter" (from service.name) instead of the scrape job's name.
     assert job["honor_labels"] is True
+    # The gateway (profile `gateway`) is found by DNS: no target, so no `up == 0`, without it.
+    gateway_port = _port(
+        _yaml("otel/collector/gateway.yaml")["exporters"]["prometheus"]["endpoint"]
+    )
+    assert gateway == {
+        "job_name": "otel-gateway",
+        "honor_labels": True,
+        "dns_sd_configs": [{"names": ["otel-gateway"], "type": "A", "port": gateway_port}],
+    }
     assert "--enable-feature=exemplar-storage" in services["prometheus"]["command"]
 
 
@@ -716,13 +806,14 @@ def test_grafana_datasources_point_at_the_stack_services(
     assert {uid: (ds["type"], ds["url"]) for uid, ds in datasources.items()} == {
         "prometheus": ("prometheus", "http://prometheus:9090"),
         "jaeger": ("jaeger", "http://jaeger:16686"),
+        "loki": ("loki", "http://loki:3100"),
         "chatter-postgres": ("grafana-postgresql-datasource", "postgres:5432"),
     }
     published = {port for ports in PUBLISHED_PORTS.values() for port in ports}
     for ds in datasources.values():
         host, port = (urlsplit(ds["url"]).netloc or ds["url"]).split(":")
         assert host in services
-        assert int(port) in published or host == "postgres"
+        assert int(port) in published or host in ("postgres", "loki")
 
 
 def test_exemplars_open_traces_and_traces_open_span_metrics(
@@ -823,13 +914,23 @@ def test_latency_and_token_panels_show_exemplars(dashboards: dict[str, dict[str,
         for p in dash.query_panels(dashboards["llm-usage-and-cost.json"])
         if any(t.get("exemplar") for t in p["targets"])
     }
+    # Not "Tokens per second": it plots rate(_sum), and OpenMetrics _sum/_count lines carry no
+    # exemplars (only _bucket lines and counters do).
     assert with_exemplars == {
-        "Tokens per second by provider, model and token type",
         "Tokens per call p95 by token type",
         "Cost per turn p50 / p95 (USD)",
         "LLM call latency p50 / p95 / p99",
         "LLM call latency p95 by provider and model",
     }
+
+
+def test_exemplars_are_only_asked_of_bucket_and_counter_series() -> None:
+    """OpenMetrics puts exemplars on _bucket lines and counters only, never on _sum/_count."""
+    asking = [e for e in dash.prometheus_exprs() if e.exemplar]
+    assert asking
+    for e in asking:
+        assert re.search(r"_bucket\b|_total\b", e.expr), e.where
+        assert not re.search(r"_(sum|count)\b", e.expr), e.where
 
 
 def test_dashboards_only_use_metrics_the_stack_exposes() -> None:
@@ -897,29 +998,10 @@ def test_conversation_rows_link_to_their_traces_in_jaeger(
 # --- promtool -----------------------------------------------------------------------------------
 
 
-def _find(tool: str) -> str | None:
-    return shutil.which(tool) or (f"/usr/bin/{tool}" if Path(f"/usr/bin/{tool}").exists() else None)
-
-
 @pytest.fixture(scope="session")
 def promtool() -> str:
     """promtool from Debian's prometheus package; installed in CI, never skipped there."""
-    found = _find("promtool")
-    if found is None and os.environ.get("CI", "").lower() == "true":
-        sudo = [] if os.geteuid() == 0 else ["sudo"]
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(
-            [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
-            check=True,
-            env=env,
-        )
-        found = _find("promtool")
-        if found is None:
-            pytest.fail("promtool is still missing after apt-get install prometheus")
-    if found is None:
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return found
+    return promtool_path()
 
 
 def test_prometheus_config_passes_promtool(promtool: str) -> None:
@@ -934,7 +1016,7 @@ def test_prometheus_config_passes_promtool(promtool: str) -> None:
 
 def test_every_dashboard_promql_expression_parses(promtool: str, tmp_path: Path) -> None:
     exprs = dash.prometheus_exprs()
-    assert len(exprs) == 43
+    assert len(exprs) == 55
     rules = tmp_path / "dashboard-rules.yml"
     rules.write_text(yaml.safe_dump(dash.recording_rules(exprs), sort_keys=False))
     result = subprocess.run(
