@@ -851,7 +851,7 @@ def test_span_processor_contract(db_url: URL, make: Factory) -> None:
     t.provider.shutdown()
     t.processor.shutdown()  # twice is fine
     t.processor.on_end(t.exported.get_finished_spans()[0])  # after shutdown: ignored
-    assert t.processor.force_flush(100) in (True, False)
+    assert t.processor.force_flush(100) is True  # nothing was left behind
     threads = {th.name for th in threading.enumerate()}
     assert not any(name.startswith("chatter-otel-writeback") for name in threads)
 
