@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,6 @@ from tests._faults import (
     Worker,
     message_usage,
     spool_records,
-    throwaway_postgres,
     via,
 )
 from tests.test_writeback_support import (
@@ -48,13 +46,6 @@ BOUND_INTERVAL = 0.5
 """The flush interval of the bound tests: long enough that a record is journaled well
 within it on a loaded machine (assembly takes a quarter of it plus the grace)."""
 BOUND_KILL_AT = 400
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgCluster]:
-    """One throwaway cluster for the module (never stopped here); a database per test."""
-    with throwaway_postgres() as cluster:
-        yield cluster
 
 
 Turn = tuple[str, str, list[tuple[int, int]]]

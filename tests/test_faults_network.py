@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,6 @@ from tests._faults import (
     TcpProxy,
     message_usage,
     spool_records,
-    throwaway_postgres,
     via,
 )
 from tests.test_writeback_support import (
@@ -45,13 +44,6 @@ from tests.test_writeback_support import (
 FAULT_S = 2.0
 MAX_QUEUE = 100
 BATCH = 20
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgCluster]:
-    """One throwaway cluster for the module (never stopped here); a database per test."""
-    with throwaway_postgres() as cluster:
-        yield cluster
 
 
 @dataclass

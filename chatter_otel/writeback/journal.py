@@ -56,6 +56,7 @@ class Journal:
         self._where: dict[_Key, _Segment] = {}
         self._opened = 0.0
         self._failing = False
+        self._closed = False
 
     def write(self, records: Sequence[TurnRecord]) -> bool:
         """Appends and fsyncs; False (logged once per outage) when the disk refuses: the
@@ -63,6 +64,8 @@ class Journal:
         if not records:
             return True
         with self._lock:
+            if self._closed:
+                return False  # a writer still stuck at shutdown: its records were spooled
             self._rotate_locked(time.monotonic())
             try:
                 self._spool.append(records)
@@ -139,6 +142,7 @@ class Journal:
         """At shutdown: when every record was settled, seal and delete every file; otherwise
         they stay on disk for the next start to replay."""
         with self._lock:
+            self._closed = True
             if settled_all:
                 self._where.clear()
                 for segment in self._segments:
@@ -148,9 +152,3 @@ class Journal:
                 self._rotate_locked(time.monotonic())
                 self._delete_settled_locked()
         self._spool.close()
-
-    def forget_after_fork(self) -> None:
-        with self._lock:
-            self._segments.clear()
-            self._where.clear()
-        self._spool.forget_after_fork()

@@ -142,6 +142,7 @@ class WritebackSpanProcessor(SpanProcessor):
         self._spool_fallback = None if spool_path is not None else fallback_spool_dir(url)
         self._meter_provider = meter_provider
         self._start()
+        observe_gauges(meter_provider, self._gauges)  # once: a forked child keeps it
         self_ref = weakref.ref(self)
 
         def _after_fork() -> None:
@@ -193,15 +194,15 @@ class WritebackSpanProcessor(SpanProcessor):
             spill=self._spill,
             timing=self._timing,
         )
-        observe_gauges(self._meter_provider, self._gauges)
         self._worker.thread.start()
         self._writer.thread.start()
 
     def _restart_after_fork(self) -> None:
-        # The parent's threads, connections, spool and journal files stay the parent's.
+        # The parent's threads, connections, spool and journal files stay the parent's: new
+        # objects replace them, and nothing here takes a lock the parent's threads may have
+        # held at fork() (the old spool and journal are dropped without being closed, so
+        # their files are neither unlocked nor deleted).
         self._store.engine.dispose(close=False)
-        self._spool.forget_after_fork()
-        self._journal.forget_after_fork()
         self._start()
 
     # --- SpanProcessor ---------------------------------------------------------------------

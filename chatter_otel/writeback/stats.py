@@ -274,8 +274,6 @@ class _GaugeSet:
     def add(self, source: GaugeSource) -> None:
         """``source`` must be a bound method: it is held weakly."""
         with self._lock:
-            if any(ref() == source for _, ref in self._sources):
-                return  # a forked child restarting the same processor
             self._sources.append((str(next(_labels)), weakref.WeakMethod(source)))
 
     def _observe(self) -> list[tuple[str, Gauges]]:
