@@ -21,10 +21,7 @@ from chatter_otel import conventions as c
 from chatter_otel.pricing import Pricing
 from chatter_otel.testing import CapturedTelemetry, capture_telemetry
 from chatter_otel.writeback import WritebackSpanProcessor
-from chatter_otel.writeback.mapping import WritebackMapping
-from chatter_otel.writeback.records import FIELDS, TurnRecord
 from chatter_otel.writeback.stats import Counters
-from chatter_otel.writeback.store import ledger_table
 from tests.test_writeback_support import (
     Seeded,
     build,
@@ -178,17 +175,3 @@ def test_gauges_report_each_processor_and_free_a_shut_down_one(
     b.shutdown()
     assert _gauges(reader, c.METRIC_WRITEBACK_PENDING) == {}
     meters.shutdown()
-
-
-def test_the_record_layout_is_defined_once() -> None:
-    """Every field of a record is in the layout once; the ledger's columns are the layout's
-    plus its own two; the JSON form round-trips through it."""
-    names = [f.name for f in FIELDS]
-    assert sorted(names) == sorted(TurnRecord.__dataclass_fields__)
-    table = ledger_table(WritebackMapping())
-    assert [col.name for col in table.columns] == [
-        *[f.column for f in FIELDS[:3]],
-        "status",
-        *[f.column for f in FIELDS[3:]],
-        "applied_at",
-    ]

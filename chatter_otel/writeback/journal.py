@@ -47,10 +47,11 @@ class _Segment:
 class Journal:
     """Thread-safe: the assembler appends, the writer settles."""
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, *, rotate_after: float = _ROTATE_AFTER) -> None:
         """``spool``: a spool of the journal's own, created with ``seal_after=inf`` (the
         journal decides when its file is sealed)."""
         self._spool = spool
+        self._rotate_after = rotate_after
         self._lock = threading.Lock()
         self._segments: deque[_Segment] = deque()
         self._where: dict[_Key, _Segment] = {}
@@ -113,7 +114,7 @@ class Journal:
         if (
             len(self._segments) == 1
             and self._segments[-1].open
-            and now - self._opened >= _ROTATE_AFTER
+            and now - self._opened >= self._rotate_after
         ):
             claim = self._spool.claim(now, created_before=float("inf"), seal=True)
             if claim is not None:
