@@ -13,7 +13,10 @@ process lives it never replays its own journal: those records are in its memory.
 
 A journal file is deleted once every record in it is settled: written, orphaned or rejected
 by the database, moved to a spool file, appended again to a newer journal file (records
-waiting for their message row), or counted lost.
+waiting for their message row), or counted lost. Files are deleted oldest first and at most
+two exist at a time, so during a database outage the file being appended to grows with the
+spool (records beyond ``max_queue`` are in both until the outage ends and the older file,
+holding the records in memory, can go).
 """
 
 from __future__ import annotations

@@ -94,10 +94,6 @@ class Writer:
             target=self._loop, name="chatter-otel-writeback-writer", daemon=True
         )
 
-    @property
-    def failing(self) -> bool:
-        return self._failing_since is not None
-
     # --- the loop --------------------------------------------------------------------------
 
     def _loop(self) -> None:
