@@ -164,6 +164,10 @@ def test_gauges_report_each_processor_and_free_a_shut_down_one(
     pending = _gauges(reader, c.METRIC_WRITEBACK_PENDING)
     assert sorted(pending.values()) == [0, 1]
     assert len(pending) == 2
+    ages = _gauges(reader, c.METRIC_WRITEBACK_OLDEST_AGE)
+    (label_b,) = [label for label, value in pending.items() if value == 1]
+    assert 0.0 < ages[label_b] < 60.0  # b's waiting record ended moments ago
+    assert [age for label, age in ages.items() if label != label_b] == [0.0]
     a.shutdown()
     assert list(_gauges(reader, c.METRIC_WRITEBACK_PENDING).values()) == [1]
     freed = weakref.ref(a)
