@@ -141,6 +141,7 @@ class WritebackSpanProcessor(SpanProcessor):
         # A configured directory is used or fails loudly; only the default falls back.
         self._spool_fallback = None if spool_path is not None else fallback_spool_dir(url)
         self._meter_provider = meter_provider
+        self._last_flush_failure: str | None = None
         self._start()
         observe_gauges(meter_provider, self._gauges)  # once: a forked child keeps it
         self_ref = weakref.ref(self)
@@ -285,10 +286,20 @@ class WritebackSpanProcessor(SpanProcessor):
         request = FlushRequest()
         self._worker.submit_flush(request)
         if not request.wait(timeout):
-            return self._incomplete("timed out")
-        return True if request.failure is None else self._incomplete(request.failure)
+            return self._incomplete(f"timed out after {timeout:g} s")
+        if request.failure is not None:
+            return self._incomplete(request.failure)
+        self._last_flush_failure = None
+        return True
+
+    @property
+    def last_flush_failure(self) -> str | None:
+        """Why the last ``force_flush`` returned False (e.g. "database unavailable", "1
+        message row(s) not there yet (01J...)", "timed out"); None after a complete one."""
+        return self._last_flush_failure
 
     def _incomplete(self, why: str) -> bool:
+        self._last_flush_failure = why
         in_memory, waiting = self._buffer.sizes()
         logger.warning(
             "write-back flush incomplete (%s): %d span(s) queued, %d record(s) to write, "

@@ -188,12 +188,20 @@ class Writer:
             self._pause_until = time.monotonic() + seconds
 
     def _remaining(self) -> str | None:
-        """Why a flush that just ran is incomplete, or None."""
+        """Why a flush that just ran is incomplete (naming what it waits for), or None."""
         with self._buffer.cond:
-            left = len(self._buffer.ready) + len(self._buffer.waiting)
-        if left or self._spool.own_files:
-            return "records remain"
-        return None
+            ready = len(self._buffer.ready)
+            waiting = sorted({record.message_id for _, record in self._buffer.waiting})
+        files = self._spool.own_files
+        why = []
+        if waiting:
+            shown = ", ".join(waiting[:3]) + (", ..." if len(waiting) > 3 else "")
+            why.append(f"{len(waiting)} message row(s) not there yet ({shown})")
+        if ready:
+            why.append(f"{ready} record(s) still to write")
+        if files:
+            why.append(f"{files} spool file(s) still to replay")
+        return "; ".join(why) or None
 
     # --- one round -------------------------------------------------------------------------
 
