@@ -229,7 +229,7 @@ def test_connections_refused(pg: PgCluster, tmp_path: Path) -> None:
 def test_database_hangs(pg: PgCluster, tmp_path: Path) -> None:
     """Nothing is forwarded for 2 s while connections stay open (a database that hangs,
     the writer blocked in a statement): spans keep being consumed, records beyond
-    ``max_queue`` are spooled once the writer is free, and everything is written after."""
+    ``max_queue`` are spooled by the assembler meanwhile, and everything is written after."""
     _, processor, _, figures = _run_with_fault(
         pg, tmp_path, lambda p: p.stall(), lambda p: p.flow()
     )
