@@ -149,13 +149,13 @@ class Writer:
             for request in flushes:
                 # Say so now rather than hold the caller (and the processors after this
                 # one) until its deadline; the records stay queued.
-                request.complete("database unavailable")
+                request.complete(f"database unavailable ({exc})")
             return
-        except Exception:
+        except Exception as exc:
             logger.exception("write-back writer error (continuing)")
             self._pause(self._t.backoff[1])
             for request in flushes:
-                request.complete("writer error")
+                request.complete(f"writer error ({type(exc).__name__}: {exc})")
             return
         if self._failing_since is not None:
             logger.warning(
