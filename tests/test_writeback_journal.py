@@ -114,3 +114,17 @@ def test_the_record_layout_is_defined_once() -> None:
         "applied_at",
     ]
     assert list(json.loads(RECORD.to_json())) == ["v", *[f.name for f in FIELDS]]
+    assert [col.name for col in table.primary_key] == ["trace_id", "span_id"]
+    nullable = {col.name for col in table.columns if col.nullable}
+    assert nullable == {
+        "conversation_id",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cost",
+        "model",
+        "provider",
+        "finish_reason",
+        "last_call_end_ns",
+        "response_time_ms",
+    }

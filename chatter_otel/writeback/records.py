@@ -166,11 +166,13 @@ class FieldSpec:
     """Python value (not None) to its JSON and SQL parameter form."""
     decode: Callable[[Any], Any] = _same
     """JSON form (not None) back to the Python value."""
+    key: bool = False
+    """Part of the ledger's primary key (a record is applied once per trace and span id)."""
 
 
 FIELDS: Final[tuple[FieldSpec, ...]] = (
-    FieldSpec("trace_id", "trace_id", "varchar", False, 32),
-    FieldSpec("span_id", "span_id", "varchar", False, 16),
+    FieldSpec("trace_id", "trace_id", "varchar", False, 32, key=True),
+    FieldSpec("span_id", "span_id", "varchar", False, 16, key=True),
     FieldSpec("kind", "kind", "varchar", False, 8),
     FieldSpec("message_id", "message_id", "varchar", False, 26),
     FieldSpec("conversation_id", "conversation_id", "varchar", True, 26),

@@ -121,8 +121,7 @@ def _column(spec: FieldSpec, mapping: WritebackMapping) -> Column[Any]:
         kind: Any = String(length)
     else:
         kind = _SQL_TYPES[spec.sql]
-    key = spec.column in ("trace_id", "span_id")
-    return Column(spec.column, kind, primary_key=key, nullable=spec.nullable and not key)
+    return Column(spec.column, kind, primary_key=spec.key, nullable=spec.nullable)
 
 
 def ledger_table(mapping: WritebackMapping, metadata: MetaData | None = None) -> Table:
