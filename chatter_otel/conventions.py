@@ -209,13 +209,32 @@ METRIC_TURN_COST_BUCKETS: Final[tuple[float, ...]] = (
     5.0,
 )
 
-# Write-back processor's own metrics.
-METRIC_WRITEBACK_QUEUE_SIZE: Final = "chatter.writeback.queue.size"
+# Write-back processor's own metrics: every counter it keeps (chatter_otel.writeback.stats).
 METRIC_WRITEBACK_APPLIED: Final = "chatter.writeback.applied"
 METRIC_WRITEBACK_RETRIED: Final = "chatter.writeback.retried"
 METRIC_WRITEBACK_ORPHANED: Final = "chatter.writeback.orphaned"
 METRIC_WRITEBACK_REJECTED: Final = "chatter.writeback.rejected"
 METRIC_WRITEBACK_SPOOLED: Final = "chatter.writeback.spooled"
+METRIC_WRITEBACK_REPLAYED: Final = "chatter.writeback.replayed"
+METRIC_WRITEBACK_LOST: Final = "chatter.writeback.lost"
+METRIC_WRITEBACK_UNOWNED: Final = "chatter.writeback.unowned"
+METRIC_WRITEBACK_LATE: Final = "chatter.writeback.late"
+METRIC_WRITEBACK_DATABASE_ERRORS: Final = "chatter.writeback.database.errors"
+METRIC_WRITEBACK_AGGREGATE_DRIFT: Final = "chatter.writeback.aggregate.drift"
+METRIC_WRITEBACK_SPANS: Final = "chatter.writeback.spans"
+METRIC_WRITEBACK_RECORDS: Final = "chatter.writeback.records"
+METRIC_WRITEBACK_ROLLUPS: Final = "chatter.writeback.rollups"
+METRIC_WRITEBACK_LATE_CONFLICTS: Final = "chatter.writeback.late.conflicts"
+METRIC_WRITEBACK_DUPLICATES: Final = "chatter.writeback.duplicates"
+METRIC_WRITEBACK_TRACES_EVICTED: Final = "chatter.writeback.traces.evicted"
+METRIC_WRITEBACK_CONVERSATION_MISMATCHES: Final = "chatter.writeback.conversation.mismatches"
+METRIC_WRITEBACK_THROTTLED: Final = "chatter.writeback.throttled"
+METRIC_WRITEBACK_QUEUE_SIZE: Final = "chatter.writeback.queue.size"
+METRIC_WRITEBACK_PENDING: Final = "chatter.writeback.pending"
+METRIC_WRITEBACK_SPOOL_FILES: Final = "chatter.writeback.spool.files"
+METRIC_WRITEBACK_OLDEST_AGE: Final = "chatter.writeback.oldest.age"
+ATTR_WRITEBACK_PROCESSOR: Final = "chatter.writeback.processor"
+"""Tells the gauges of several write-back processors in one process apart ("1", "2", ...)."""
 
 # Metric attribute keys beyond the GenAI ones: namespaced, as custom attributes must be.
 ATTR_WORKFLOW_OUTCOME: Final = CHATTER_WORKFLOW_OUTCOME

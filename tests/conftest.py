@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
+
+if TYPE_CHECKING:
+    from tests._faults import PgCluster
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -75,3 +79,13 @@ def db_url(request: pytest.FixtureRequest) -> URL:
     """Runs a test once on SQLite and once on PostgreSQL."""
     name = "sqlite_url" if request.param == "sqlite" else "pg_url"
     return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL cluster for one test module (never the shared server; a
+    database per test with ``pg.database()``). Fault tests stop, stall or cut it."""
+    from tests._faults import throwaway_postgres  # only the fault tests need its imports
+
+    with throwaway_postgres() as cluster:
+        yield cluster

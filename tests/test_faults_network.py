@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,6 @@ from tests._faults import (
     TcpProxy,
     message_usage,
     spool_records,
-    throwaway_postgres,
     via,
 )
 from tests.test_writeback_support import (
@@ -45,13 +44,6 @@ from tests.test_writeback_support import (
 FAULT_S = 2.0
 MAX_QUEUE = 100
 BATCH = 20
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgCluster]:
-    """One throwaway cluster for the module (never stopped here); a database per test."""
-    with throwaway_postgres() as cluster:
-        yield cluster
 
 
 @dataclass
@@ -237,7 +229,7 @@ def test_connections_refused(pg: PgCluster, tmp_path: Path) -> None:
 def test_database_hangs(pg: PgCluster, tmp_path: Path) -> None:
     """Nothing is forwarded for 2 s while connections stay open (a database that hangs,
     the writer blocked in a statement): spans keep being consumed, records beyond
-    ``max_queue`` are spooled once the writer is free, and everything is written after."""
+    ``max_queue`` are spooled by the assembler meanwhile, and everything is written after."""
     _, processor, _, figures = _run_with_fault(
         pg, tmp_path, lambda p: p.stall(), lambda p: p.flow()
     )

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests._faults import (
     ChatLoad,
@@ -27,7 +24,6 @@ from tests._faults import (
     spool_records,
     stored_turns,
     summarize,
-    throwaway_postgres,
     url_text,
     via,
     wait_for,
@@ -35,13 +31,6 @@ from tests._faults import (
 
 GRACE_S = 30.0
 """What a process manager waits after SIGTERM before SIGKILL."""
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgCluster]:
-    """One throwaway cluster for the module (never stopped here); a database per test."""
-    with throwaway_postgres() as cluster:
-        yield cluster
 
 
 def test_sigterm_during_load_writes_every_stored_turn_before_exit(

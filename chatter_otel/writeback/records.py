@@ -9,6 +9,7 @@ twice changes nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
@@ -24,6 +25,10 @@ INT32_MAX: Final = 2**31 - 1
 """The message columns are SQL ``integer``: sums above this are rejected, never truncated."""
 
 _HEX = frozenset("0123456789abcdef")
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 _CROCKFORD = frozenset("0123456789ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz")
@@ -77,31 +82,11 @@ class TurnRecord:
     """When the owner span ended (ns since the epoch): the origin of the message time-to-live."""
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "v": 1,
-                "trace_id": self.trace_id,
-                "span_id": self.span_id,
-                "message_id": self.message_id,
-                "conversation_id": self.conversation_id,
-                "kind": self.kind,
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "total_tokens": self.total_tokens,
-                "cost": None if self.cost is None else str(self.cost),
-                "cost_unpriced": self.cost_unpriced,
-                "usage_missing": self.usage_missing,
-                "calls": self.calls,
-                "model": self.model,
-                "provider": self.provider,
-                "finish_reason": self.finish_reason,
-                "last_call_end_ns": self.last_call_end_ns,
-                "response_time_ms": self.response_time_ms,
-                "end_ns": self.end_ns,
-            },
-            separators=(",", ":"),
-            ensure_ascii=True,
-        )
+        data: dict[str, Any] = {"v": 1}
+        for spec in FIELDS:
+            value = getattr(self, spec.name)
+            data[spec.name] = None if value is None else spec.encode(value)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=True)
 
     @classmethod
     def from_json(cls, line: str, *, max_lengths: tuple[int, int, int]) -> TurnRecord:
@@ -113,26 +98,11 @@ class TurnRecord:
         data = json.loads(line)
         if not isinstance(data, dict) or data.get("v") != 1:
             raise ValueError("not a version 1 record")
-        record = cls(
-            trace_id=data["trace_id"],
-            span_id=data["span_id"],
-            message_id=data["message_id"],
-            conversation_id=data["conversation_id"],
-            kind=data["kind"],
-            prompt_tokens=data["prompt_tokens"],
-            completion_tokens=data["completion_tokens"],
-            total_tokens=data["total_tokens"],
-            cost=_decimal(data["cost"]),
-            cost_unpriced=data["cost_unpriced"],
-            usage_missing=data["usage_missing"],
-            calls=data["calls"],
-            model=data["model"],
-            provider=data["provider"],
-            finish_reason=data["finish_reason"],
-            last_call_end_ns=data["last_call_end_ns"],
-            response_time_ms=data["response_time_ms"],
-            end_ns=data["end_ns"],
-        )
+        values: dict[str, Any] = {}
+        for spec in FIELDS:
+            value = data[spec.name]
+            values[spec.name] = None if value is None else spec.decode(value)
+        record = cls(**values)
         record.validate(max_lengths)
         return record
 
@@ -171,6 +141,57 @@ class TurnRecord:
             raise ValueError("bad response time")
         if not _int_in(self.end_ns, 0, 2**63 - 1):
             raise ValueError("bad end time")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One field of :class:`TurnRecord`: its ledger column and its JSON (spool) form.
+
+    The single definition of the record layout: ``store.ledger_table()`` makes the ledger's
+    columns from it, the store's parameters and ``json_to_recordset`` types come from it,
+    and :meth:`TurnRecord.to_json` / :meth:`TurnRecord.from_json` encode and decode with it.
+    """
+
+    name: str
+    """The attribute of :class:`TurnRecord`, and the key in its JSON form."""
+    column: str
+    """The ledger column."""
+    sql: str
+    """``varchar``, ``bigint``, ``integer`` or ``boolean``: the column's type."""
+    nullable: bool
+    length: int | str | None = None
+    """``varchar`` length: a number, or the :class:`~.mapping.WritebackMapping` attribute
+    that holds it (the message columns the text is copied into)."""
+    encode: Callable[[Any], Any] = _same
+    """Python value (not None) to its JSON and SQL parameter form."""
+    decode: Callable[[Any], Any] = _same
+    """JSON form (not None) back to the Python value."""
+    key: bool = False
+    """Part of the ledger's primary key (a record is applied once per trace and span id)."""
+
+
+FIELDS: Final[tuple[FieldSpec, ...]] = (
+    FieldSpec("trace_id", "trace_id", "varchar", False, 32, key=True),
+    FieldSpec("span_id", "span_id", "varchar", False, 16, key=True),
+    FieldSpec("kind", "kind", "varchar", False, 8),
+    FieldSpec("message_id", "message_id", "varchar", False, 26),
+    FieldSpec("conversation_id", "conversation_id", "varchar", True, 26),
+    FieldSpec("prompt_tokens", "prompt_tokens", "bigint", True),
+    FieldSpec("completion_tokens", "completion_tokens", "bigint", True),
+    FieldSpec("total_tokens", "total_tokens", "bigint", True),
+    # Exact decimal text (summed in Python, never as a float).
+    FieldSpec("cost", "cost", "varchar", True, 64, encode=str, decode=lambda v: _decimal(v)),
+    FieldSpec("cost_unpriced", "cost_unpriced", "boolean", False),
+    FieldSpec("usage_missing", "usage_missing", "boolean", False),
+    FieldSpec("calls", "calls", "integer", False),
+    FieldSpec("model", "model", "varchar", True, "model_max_length"),
+    FieldSpec("provider", "provider", "varchar", True, "provider_max_length"),
+    FieldSpec("finish_reason", "finish_reason", "varchar", True, "finish_reason_max_length"),
+    FieldSpec("last_call_end_ns", "last_call_end_ns", "bigint", True),
+    FieldSpec("response_time_ms", "response_time_ms", "integer", True),
+    FieldSpec("end_ns", "span_end_ns", "bigint", False),
+)
+"""Every field of :class:`TurnRecord`, in ledger column order."""
 
 
 def _int_in(value: object, low: int, high: int) -> bool:

@@ -53,7 +53,7 @@ from sqlalchemy.sql.elements import TextClause
 
 from chatter_otel import dburl
 from chatter_otel.writeback.mapping import WritebackMapping
-from chatter_otel.writeback.records import INT32_MAX, KIND_TURN, TurnRecord
+from chatter_otel.writeback.records import FIELDS, INT32_MAX, KIND_TURN, FieldSpec, TurnRecord
 
 logger = logging.getLogger("chatter_otel.writeback")
 
@@ -94,54 +94,49 @@ class _Overflow(Exception):
     pass
 
 
-_LEDGER_COLUMNS: Final = (
-    "trace_id",
-    "span_id",
-    "kind",
-    "status",
-    "message_id",
-    "conversation_id",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cost",
-    "cost_unpriced",
-    "usage_missing",
-    "calls",
-    "model",
-    "provider",
-    "finish_reason",
-    "last_call_end_ns",
-    "response_time_ms",
-    "span_end_ns",
-)
+_STATUS_AFTER: Final = "kind"
+"""The ledger's own column ``status`` follows this record column."""
+
+
+def _ledger_layout() -> tuple[tuple[str, str], ...]:
+    """(column, json_to_recordset type) of every ledger column a record fills, in order:
+    the record's fields (:data:`~.records.FIELDS`) plus ``status``."""
+    layout: list[tuple[str, str]] = []
+    for spec in FIELDS:
+        layout.append((spec.column, spec.sql))
+        if spec.column == _STATUS_AFTER:
+            layout.append(("status", "varchar"))
+    return tuple(layout)
+
+
+_LEDGER_LAYOUT: Final = _ledger_layout()
+_LEDGER_COLUMNS: Final = tuple(column for column, _ in _LEDGER_LAYOUT)
+_LEDGER_TYPES: Final = dict(_LEDGER_LAYOUT)
+_SQL_TYPES: Final = {"bigint": BigInteger, "integer": Integer, "boolean": Boolean}
+
+
+def _column(spec: FieldSpec, mapping: WritebackMapping) -> Column[Any]:
+    if spec.sql == "varchar":
+        length = spec.length if isinstance(spec.length, int) else getattr(mapping, str(spec.length))
+        kind: Any = String(length)
+    else:
+        kind = _SQL_TYPES[spec.sql]
+    return Column(spec.column, kind, primary_key=spec.key, nullable=spec.nullable)
 
 
 def ledger_table(mapping: WritebackMapping, metadata: MetaData | None = None) -> Table:
-    """The ledger's definition: one row per applied record, keyed by trace and span id."""
+    """The ledger's definition: one row per applied record, keyed by trace and span id; its
+    columns are the record's fields (:data:`~.records.FIELDS`) plus status and time."""
     name = mapping.ledger_table
+    columns: list[Column[Any]] = []
+    for spec in FIELDS:
+        columns.append(_column(spec, mapping))
+        if spec.column == _STATUS_AFTER:
+            columns.append(Column("status", String(16), nullable=False))
     table = Table(
         name,
         metadata or MetaData(),
-        Column("trace_id", String(32), primary_key=True),
-        Column("span_id", String(16), primary_key=True),
-        Column("kind", String(8), nullable=False),
-        Column("status", String(16), nullable=False),
-        Column("message_id", String(26), nullable=False),
-        Column("conversation_id", String(26), nullable=True),
-        Column("prompt_tokens", BigInteger, nullable=True),
-        Column("completion_tokens", BigInteger, nullable=True),
-        Column("total_tokens", BigInteger, nullable=True),
-        Column("cost", String(64), nullable=True),  # exact decimal text, summed in Python
-        Column("cost_unpriced", Boolean, nullable=False),
-        Column("usage_missing", Boolean, nullable=False),
-        Column("calls", Integer, nullable=False),
-        Column("model", String(mapping.model_max_length), nullable=True),
-        Column("provider", String(mapping.provider_max_length), nullable=True),
-        Column("finish_reason", String(mapping.finish_reason_max_length), nullable=True),
-        Column("last_call_end_ns", BigInteger, nullable=True),
-        Column("response_time_ms", Integer, nullable=True),
-        Column("span_end_ns", BigInteger, nullable=False),
+        *columns,
         Column("applied_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
     Index(f"{name[:48]}_message_ix", table.c.message_id)
@@ -459,28 +454,6 @@ class _Statements:
         )
 
 
-_LEDGER_TYPES: Final = {
-    "trace_id": "varchar",
-    "span_id": "varchar",
-    "kind": "varchar",
-    "status": "varchar",
-    "message_id": "varchar",
-    "conversation_id": "varchar",
-    "prompt_tokens": "bigint",
-    "completion_tokens": "bigint",
-    "total_tokens": "bigint",
-    "cost": "varchar",
-    "cost_unpriced": "boolean",
-    "usage_missing": "boolean",
-    "calls": "integer",
-    "model": "varchar",
-    "provider": "varchar",
-    "finish_reason": "varchar",
-    "last_call_end_ns": "bigint",
-    "response_time_ms": "integer",
-    "span_end_ns": "bigint",
-}
-
 # (parameter, message column in the mapping, SQL type of the array on PostgreSQL)
 _MESSAGE_VALUES: Final = (
     ("prompt_tokens", "message_prompt_tokens", "bigint"),
@@ -567,27 +540,12 @@ def _group(rows: Sequence[Any]) -> dict[str, list[Any]]:
 
 
 def _ledger_params(record: TurnRecord, conversation_id: str | None, status: str) -> dict[str, Any]:
-    return {
-        "trace_id": record.trace_id,
-        "span_id": record.span_id,
-        "kind": record.kind,
-        "status": status,
-        "message_id": record.message_id,
-        "conversation_id": conversation_id or record.conversation_id,
-        "prompt_tokens": record.prompt_tokens,
-        "completion_tokens": record.completion_tokens,
-        "total_tokens": record.total_tokens,
-        "cost": None if record.cost is None else str(record.cost),
-        "cost_unpriced": record.cost_unpriced,
-        "usage_missing": record.usage_missing,
-        "calls": record.calls,
-        "model": record.model,
-        "provider": record.provider,
-        "finish_reason": record.finish_reason,
-        "last_call_end_ns": record.last_call_end_ns,
-        "response_time_ms": record.response_time_ms,
-        "span_end_ns": record.end_ns,
-    }
+    params: dict[str, Any] = {"status": status}
+    for spec in FIELDS:
+        value = getattr(record, spec.name)
+        params[spec.column] = None if value is None else spec.encode(value)
+    params["conversation_id"] = conversation_id or record.conversation_id
+    return params
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,11 +1,12 @@
 """A process that produces chat-turn spans with the write-back processor attached.
 
 Run by tests/test_faults_crash.py, which kills it with SIGKILL. It prints one JSON line
-after every turn and every 50 ms with how many turns it emitted and the processor's
-counters, so the test knows what the process had done when it died.
+after every turn and every 50 ms with how many turns it emitted, the time (``t``, seconds
+since the epoch) and the processor's counters, so the test knows what the process had done
+when it died, and when each turn ended.
 
     writeback_worker.py URL SPOOL PLAN [--max-queue N] [--batch N] [--rate R]
-                        [--then hold|drain]
+                        [--flush-interval S] [--then hold|drain]
 
 PLAN is a JSON file of turns ``[message id, conversation id, [[input, output], ...]]``.
 ``hold``: after the last turn keep reporting until killed (at most 60 s, then exit 3).
@@ -38,6 +39,7 @@ def main() -> int:
     parser.add_argument("--max-queue", type=int, default=100)
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--rate", type=float, default=300.0)
+    parser.add_argument("--flush-interval", type=float, default=0.05)
     parser.add_argument("--then", choices=("hold", "drain"), default="hold")
     args = parser.parse_args()
     with open(args.plan) as f:
@@ -45,7 +47,7 @@ def main() -> int:
     processor = WritebackSpanProcessor(
         args.url,
         pricing=Pricing(),
-        flush_interval=0.05,
+        flush_interval=args.flush_interval,
         late_span_grace=0.02,
         max_queue=args.max_queue,
         batch_size=args.batch,
@@ -62,7 +64,7 @@ def main() -> int:
         snapshot = processor.stats
         stats = {f.name: getattr(snapshot, f.name) for f in fields(snapshot)}
         stats["rejected"] = snapshot.rejected_total
-        line = json.dumps({"emitted": emitted[0], **stats, **extra})
+        line = json.dumps({"emitted": emitted[0], "t": time.time(), **stats, **extra})
         with lock:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
