@@ -36,7 +36,7 @@ test-suite: install prometheus
 
 # `pip install .` alone brings none of the service's stack and imports none of it.
 test-lean:
-	PYTHON=$(PYTHON) scripts/ci-lean-install.sh
+	scripts/ci-lean-install.sh
 
 # The library's tests on the lowest versions pyproject.toml allows.
 test-lowest: prometheus

@@ -620,6 +620,10 @@ def test_sdk_always_record_sampler_drops_start_attributes() -> None:
     """
     from opentelemetry.sdk.trace import TracerProvider
 
+    if not hasattr(sdk_sampling, "AlwaysRecordSampler"):
+        pytest.skip(
+            "this opentelemetry-sdk release has no AlwaysRecordSampler (the lowest does not)"
+        )
     attrs = {c.CHATTER_MESSAGE_ID: new_ulid()}
     sdk = TracerProvider(sampler=sdk_sampling.AlwaysRecordSampler(sdk_sampling.ALWAYS_OFF))
     ours = TracerProvider(sampler=AlwaysRecordSampler(sdk_sampling.ALWAYS_OFF))
