@@ -13,6 +13,7 @@ import functools
 import inspect
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,6 +48,8 @@ class _Turn:
     unpriced_calls: int = 0
     usage: Usage = field(default_factory=Usage)
     calls: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """Calls of one turn can end in several threads at once (LangChain's ``batch``)."""
 
 
 _turn: contextvars.ContextVar[_Turn | None] = contextvars.ContextVar("chatter_turn", default=None)
@@ -321,8 +324,9 @@ class ModelCall:
         self.response = response
         turn = _turn.get()
         if turn is not None:
-            turn.calls += 1
-            turn.usage = turn.usage + response.usage
+            with turn.lock:
+                turn.calls += 1
+                turn.usage = turn.usage + response.usage
         try:
             self._record(message, response)
         except Exception:  # never let telemetry break a chat turn
