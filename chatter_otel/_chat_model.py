@@ -13,6 +13,7 @@ the GenAI ``gen_ai.provider.name`` values. A custom model names itself by overri
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -250,6 +251,12 @@ def _model(ls_model: object, params: Mapping[str, Any]) -> str:
 def _endpoint(base_url: object) -> tuple[str | None, int | None]:
     if not isinstance(base_url, str) or not base_url:
         return None, None
+    return _parse_endpoint(base_url)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_endpoint(base_url: str) -> tuple[str | None, int | None]:
+    """Host and port of an endpoint URL; a process talks to a handful of them."""
     try:
         parts = urlsplit(base_url if "://" in base_url else f"https://{base_url}")
         host, port = parts.hostname, parts.port

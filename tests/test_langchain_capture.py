@@ -64,6 +64,21 @@ def _openinference_llm(cap: CapturedTelemetry) -> list[ReadableSpan]:
     ]
 
 
+def _usage_by_call_id(
+    cap: CapturedTelemetry,
+) -> tuple[dict[Any, tuple[Any, Any]], dict[Any, tuple[Any, Any]]]:
+    """(input, output) tokens by call id: our spans, then openinference's LLM spans."""
+    ours = {(s.attributes or {})[c.CHATTER_CALL_ID]: _usage(s) for s in _chats(cap)}
+    theirs = {
+        (s.attributes or {})[c.CHATTER_CALL_ID]: (
+            (s.attributes or {})[c.OI_TOKEN_COUNT_PROMPT],
+            (s.attributes or {})[c.OI_TOKEN_COUNT_COMPLETION],
+        )
+        for s in _openinference_llm(cap)
+    }
+    return ours, theirs
+
+
 def test_invoke_gets_a_chat_span_named_by_its_run_id(cap: CapturedTelemetry) -> None:
     run_id = uuid.uuid4()
     OfflineChatModel().invoke("Hello there", {"run_id": run_id})
@@ -252,14 +267,7 @@ def test_openinference_span_of_the_same_run_gets_the_same_call_id(
     cap_oi: CapturedTelemetry, style: str
 ) -> None:
     STYLES[style](OfflineChatModel(), list(TOKENS))
-    ours = {(s.attributes or {})[c.CHATTER_CALL_ID]: _usage(s) for s in _chats(cap_oi)}
-    theirs = {
-        (s.attributes or {})[c.CHATTER_CALL_ID]: (
-            (s.attributes or {})[c.OI_TOKEN_COUNT_PROMPT],
-            (s.attributes or {})[c.OI_TOKEN_COUNT_COMPLETION],
-        )
-        for s in _openinference_llm(cap_oi)
-    }
+    ours, theirs = _usage_by_call_id(cap_oi)
     assert len(ours) == 3
     assert theirs == ours
 
@@ -404,14 +412,7 @@ def test_openinference_in_its_thread_pool_default_gets_the_same_call_id(
     assert handler is not None
     handler.run_inline = False
     _gather(OfflineChatModel(), list(TOKENS))
-    ours = {(s.attributes or {})[c.CHATTER_CALL_ID]: _usage(s) for s in _chats(cap_oi)}
-    theirs = {
-        (s.attributes or {})[c.CHATTER_CALL_ID]: (
-            (s.attributes or {})[c.OI_TOKEN_COUNT_PROMPT],
-            (s.attributes or {})[c.OI_TOKEN_COUNT_COMPLETION],
-        )
-        for s in _openinference_llm(cap_oi)
-    }
+    ours, theirs = _usage_by_call_id(cap_oi)
     assert len(ours) == 3
     assert theirs == ours
 
