@@ -246,8 +246,8 @@ class WritebackSpanProcessor(SpanProcessor):
             limits=self._limits,
             grace=self._grace,
             trace_ttl=self._trace_ttl,
-            # Finished traces are kept this long for children that end after their owner.
-            done_ttl=max(2.0, 10 * self._grace),
+            # Finished turns are matched this long by children that end after them.
+            message_ttl=self._ttl_ns / 1e9,
             max_traces=self._max_traces,
             max_spans_per_trace=10_000,
         )
