@@ -242,13 +242,14 @@ def test_parallel_calls_with_openinference_siblings_count_once_each() -> None:
     share the call id; their intervals prove nothing."""
     mid = new_ulid()
     a, counters = assembler()
-    spans = [
-        make_span(11, 2, oi_usage(7, 7, "fast"), start=2 * S, end=3 * S),
-        make_span(12, 2, usage(7, 7, "fast"), start=2 * S, end=4 * S),
-        make_span(13, 2, oi_usage(7, 7, "slow"), start=1 * S, end=5 * S),
-        make_span(14, 2, usage(7, 7, "slow"), start=1 * S, end=6 * S),
-        make_span(2, 1, {c.OI_SPAN_KIND: "CHAIN"}, start=1 * S, end=7 * S),
-        make_span(1, None, owner(mid), start=0, end=8 * S),
+    ms = S // 1000
+    spans = [  # in the order they end
+        make_span(11, 2, oi_usage(7, 7, "fast"), start=2000 * ms, end=5000 * ms),
+        make_span(13, 2, oi_usage(7, 7, "slow"), start=1000 * ms, end=6000 * ms),
+        make_span(14, 2, usage(7, 7, "slow"), start=900 * ms, end=6100 * ms),
+        make_span(12, 2, usage(7, 7, "fast"), start=1900 * ms, end=6500 * ms),
+        make_span(2, 1, {c.OI_SPAN_KIND: "CHAIN"}, start=800 * ms, end=7000 * ms),
+        make_span(1, None, owner(mid), start=0, end=8000 * ms),
     ]
     for span in spans:
         a.add(span, now=0.0)
@@ -524,8 +525,9 @@ def test_a_turn_whose_tokens_are_rejected_contributes_no_cost() -> None:
     The tokens were refused but $1,500 of cost computed from them was written."""
     mid = new_ulid()
     a, counters = assembler()
-    for span_id in (11, 12, 13):
-        a.add(make_span(span_id, 1, usage(10**9, 0)), now=0.0)
+    priced = {c.GEN_AI_PROVIDER_NAME: "offline", c.GEN_AI_REQUEST_MODEL: "offline-echo-1"}
+    for span_id in (11, 12, 13):  # $500 each at $0.50 per million input tokens
+        a.add(make_span(span_id, 1, {**usage(10**9, 0), **priced}), now=0.0)
     a.add(make_span(1, None, owner(mid)), now=0.0)
     (record,) = a.take(0.1)
     assert (*tokens(record), record.cost, record.cost_unpriced) == (None, None, None, None, False)
