@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from sqlalchemy.engine import URL
@@ -13,9 +13,9 @@ from tests.service_client import Api, running_service
 
 
 @pytest.fixture
-def captured() -> AsyncIterator[CapturedTelemetry]:
+def captured() -> Iterator[CapturedTelemetry]:
     with capture_telemetry() as cap:
-        yield cap  # type: ignore[misc]
+        yield cap
 
 
 @pytest.fixture

@@ -330,6 +330,11 @@ class WritebackSpanProcessor(SpanProcessor):
         """The database side (tests use its ``fault`` hook)."""
         return self._store
 
+    def waiting_records(self) -> list[TurnRecord]:
+        """The records waiting for their message row (what a failed flush waits for)."""
+        with self._lock:
+            return [record for _, record in self._waiting]
+
     def _gauges(self) -> tuple[int, int, int]:
         return (
             len(self._queue) + len(self._ready) + len(self._waiting) + len(self._overflow),
