@@ -67,7 +67,9 @@ def test_a_database_outage_near_the_end_is_one_line_and_exit_1(
 
         stopper = threading.Thread(target=stop_once_turns_are_running)
         stopper.start()
-        code = asyncio.run(run_demo(_config(url), ServiceSettings(DATABASE_URL=url), turns=200))
+        code = asyncio.run(
+            run_demo(_config(url), ServiceSettings.model_validate({"DATABASE_URL": url}), turns=200)
+        )
         stopper.join()
     out = capsys.readouterr()
     assert code == 1
