@@ -114,7 +114,7 @@ class Assembler:
         max_spans_per_trace: int,
         message_ttl: float = 300.0,
         call_ttl: float = 3600.0,
-        max_index: int = 500_000,
+        max_index: int = 200_000,
         done_ttl: float | None = None,
     ) -> None:
         """``done_ttl`` is accepted from callers of the earlier interface and unused: late
