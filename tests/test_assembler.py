@@ -514,6 +514,7 @@ def test_turns_sharing_one_trace_id_cost_the_same_per_turn_and_memory_stays_boun
     sizes = a.sizes
     assert sizes["index"] <= 20_000 + 100 * 5  # trimmed every 100 turns
     assert sizes["unresolved"] <= 5_000  # server spans waiting on the client's span
+    assert sizes["aging"] <= 2 * (20_000 + 100 * 5)  # both age queues, trimmed likewise
     assert (sizes["traces"], sizes["open"]) == (1, 0)
 
 

@@ -17,7 +17,8 @@ every turn of a service in one trace):
 * Unresolved state ages out: a plain span after ``trace_ttl`` (its waiting children are
   re-linked to its parent, so a step that stays silent for long keeps its calls' path to the
   owner), an unresolved call after ``call_ttl``. Finalized owners leave the index after
-  ``message_ttl``, or earlier, oldest first, when it holds ``max_index`` spans.
+  ``message_ttl``, or earlier, oldest first, when it holds ``max_index`` spans (the same
+  limit applies to each queue of unresolved spans by age).
 
 Usage that no owner takes (no owner above it, an owner whose message id was refused or never
 bound, anything aged out or evicted) is counted as ``unowned`` and logged at WARNING (at most
@@ -302,7 +303,8 @@ class Assembler:
         while self._done and (self._done[0].expires <= now or len(self._index) > self._max_index):
             self._unindex(self._done.popleft())
         for queue, ttl in ((self._aging, self._trace_ttl), (self._aging_calls, self._call_ttl)):
-            while queue and queue[0][0] + ttl <= now:
+            # Oldest first; beyond max_index entries the oldest go early (memory stays bounded).
+            while queue and (queue[0][0] + ttl <= now or len(queue) > self._max_index):
                 _, trace_id, span_id = queue.popleft()
                 state = self._traces.get(trace_id)
                 if state is not None:
@@ -427,6 +429,7 @@ class Assembler:
         done = _Done(trace_id, owner, now + self._message_ttl)
         done.shadowed, done.call_ids = chosen.shadowed, chosen.call_ids
         self._index_spans(done, list(target.links))
+        target.links, target.calls = {}, {}  # an unbound owner's timer still refers to it
         self._done.append(done)
         if owner.message_id is None:
             why = "its turn was never bound" if owner.unbound else "its message id was refused"
