@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from chatter_otel.binding import bind_message
 from chatter_otel.config import ConfigError, TelemetryConfig
 from chatter_otel.logs import add_trace_context, configure_logging
 from chatter_otel.spans import ModelCall, model_span, record_ai_message, tool_span, workflow_span
@@ -33,6 +34,7 @@ __all__ = [
     "WritebackSpanProcessor",
     "__version__",
     "add_trace_context",
+    "bind_message",
     "configure_logging",
     "model_span",
     "record_ai_message",

@@ -130,6 +130,12 @@ CHATTER_USAGE_COST: Final = "chatter.usage.cost"
 # Was "chatter.streaming"; the convention's attribute replaces it.
 CHATTER_STREAMING: Final = GEN_AI_REQUEST_STREAM
 CHATTER_WORKFLOW_OUTCOME: Final = "chatter.workflow.outcome"
+CHATTER_CALL_ID: Final = "chatter.call.id"
+"""On every LLM span of one provider call (ours and other instrumentations'): counted once."""
+CHATTER_MESSAGE_UNBOUND: Final = "chatter.message.unbound"
+"""On a turn's span without ``chatter.message.id``: the id comes later, from ``bind_message``."""
+CHATTER_MESSAGE_BIND: Final = "chatter.message.bind"
+"""Marks the span ``bind_message`` emits: its ``chatter.message.id`` names its parent's row."""
 
 # Span events marking the workflow lifecycle.
 EVENT_WORKFLOW_STARTED: Final = "chatter.workflow.started"

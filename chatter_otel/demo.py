@@ -1,18 +1,22 @@
 """``chatter-otel demo``: scripted conversations through the service, in process.
 
 It drives the real HTTP API (httpx over ASGI), then flushes telemetry and prints what the
-write-back stored, so a newcomer sees tokens and cost land in Chatter's own rows.
+write-back stored, so a newcomer sees tokens and cost land in Chatter's own rows. Anything that
+stops it (the database going away, an unexpected answer) is reported in one line and the
+command exits non-zero; a flush that cannot complete names the records it waits for.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import httpx
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 from ulid import ULID
 
 from chatter_otel.config import TelemetryConfig
@@ -42,6 +46,36 @@ SCRIPT: list[tuple[str, dict[str, Any], list[tuple[str, bool, bool]]]] = [
         [("Hi from a model nobody priced", False, False), ("Now fail please #fail", False, True)],
     ),
 ]
+
+
+class DemoStopped(Exception):
+    """The demo cannot go on; the message is the one line the user sees."""
+
+
+async def _api(client: httpx.AsyncClient, method: str, url: str, what: str, **kw: Any) -> Any:
+    """The JSON answer of one API call, or ``DemoStopped`` naming the call and the answer."""
+    r = await client.request(method, url, **kw)
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        raise DemoStopped(f"{what}: HTTP {r.status_code}: {str(detail)[:200]}")
+    return r.json()
+
+
+def _flush_failure(telemetry: Any, elapsed: float) -> str:
+    """Why the flush failed: the records still waiting for a message row, by name."""
+    waiting = getattr(telemetry.writeback, "waiting_records", None)
+    records = waiting() if callable(waiting) else []
+    if records:
+        named = ", ".join(f"message {r.message_id} (trace {r.trace_id})" for r in records[:3])
+        more = f" and {len(records) - 3} more" if len(records) > 3 else ""
+        return (
+            f"telemetry not flushed: {len(records)} record(s) wait for a message row that "
+            f"does not exist: {named}{more}"
+        )
+    return f"telemetry did not flush within {elapsed:.1f} s"
 
 
 async def _turn(client: httpx.AsyncClient, cid: str, content: str, streamed: bool) -> int:
@@ -106,69 +140,24 @@ async def run_demo(
     app = create_app(settings, telemetry)
     failures: list[str] = []
     run = str(ULID())[-8:].lower()
-    transport = httpx.ASGITransport(app=app)
     try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=transport, base_url="http://chatter.local", timeout=60
-            ) as client,
-        ):
-            conversation_ids: list[str] = []
-            for username, options, script in SCRIPT:
-                user = await client.post(
-                    "/api/v1/users",
-                    json={
-                        "username": f"{username}-{run}",
-                        "email": f"{username}-{run}@example.com",
-                    },
-                )
-                user.raise_for_status()
-                conv = await client.post(
-                    "/api/v1/conversations", json={"user_id": user.json()["id"], **options}
-                )
-                conv.raise_for_status()
-                cid = conv.json()["id"]
-                conversation_ids.append(cid)
-                for content, streamed, should_fail in script:
-                    status = await _turn(client, cid, content, streamed)
-                    if (status >= 400) != should_fail:
-                        failures.append(f"turn {content!r} answered {status}")
-            if turns:
-                with Progress(console=console) as progress:
-                    task = progress.add_task("chat turns", total=turns)
-                    for i in range(turns):
-                        status = await _turn(
-                            client, conversation_ids[0], f"Turn {i}: calculate {i}+1", i % 5 == 4
-                        )
-                        if status >= 400:
-                            failures.append(f"extra turn {i} answered {status}")
-                        progress.advance(task)
-            if not telemetry.force_flush(30_000):
-                failures.append("telemetry did not flush within 30 s")
-            conversations, messages = [], {}
-            for cid in conversation_ids:
-                conversations.append((await client.get(f"/api/v1/conversations/{cid}")).json())
-                messages[cid] = (
-                    await client.get(f"/api/v1/conversations/{cid}/messages?limit=500")
-                ).json()
-            _print(console, conversations, messages)
-            for conv in conversations:
-                rows = messages[conv["id"]]
-                if conv["message_count"] != len(rows):
-                    failures.append(
-                        f"conversation {conv['id']}: message_count "
-                        f"{conv['message_count']} != {len(rows)}"
-                    )
-                if conv["total_tokens"] != sum(m["total_tokens"] or 0 for m in rows):
-                    failures.append(f"conversation {conv['id']}: total_tokens does not add up")
-                for m in rows:
-                    if (
-                        m["role"] == "ASSISTANT"
-                        and m["error_message"] is None
-                        and m["total_tokens"] is None
-                    ):
-                        failures.append(f"message {m['id']}: usage was not written back")
+        conversations, messages = await _run(
+            app=app,
+            telemetry=telemetry,
+            turns=turns,
+            console=console,
+            run=run,
+            failures=failures,
+        )
+        _print(console, conversations, messages)
+        _check(conversations, messages, failures)
+    except DemoStopped as exc:
+        failures.append(str(exc))
+    except (httpx.HTTPError, OSError, SQLAlchemyError) as exc:
+        failures.append(
+            f"the database or the service is unavailable: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        )
     finally:
         telemetry.shutdown()
     for failure in failures:
@@ -177,3 +166,90 @@ async def run_demo(
         return 1
     console.print("demo ok: every assistant message carries its tokens and cost")
     return 0
+
+
+async def _run(
+    *,
+    app: Any,
+    telemetry: Any,
+    turns: int | None,
+    console: Console,
+    run: str,
+    failures: list[str],
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=transport, base_url="http://chatter.local", timeout=60
+        ) as client,
+    ):
+        conversation_ids: list[str] = []
+        for username, options, script in SCRIPT:
+            user = await _api(
+                client,
+                "POST",
+                "/api/v1/users",
+                f"creating user {username}",
+                json={"username": f"{username}-{run}", "email": f"{username}-{run}@example.com"},
+            )
+            conv = await _api(
+                client,
+                "POST",
+                "/api/v1/conversations",
+                f"creating {username}'s conversation",
+                json={"user_id": user["id"], **options},
+            )
+            conversation_ids.append(conv["id"])
+            for content, streamed, should_fail in script:
+                status = await _turn(client, conv["id"], content, streamed)
+                if (status >= 400) != should_fail:
+                    failures.append(f"turn {content!r} answered {status}")
+        if turns:
+            with Progress(console=console) as progress:
+                task = progress.add_task("chat turns", total=turns)
+                for i in range(turns):
+                    status = await _turn(
+                        client, conversation_ids[0], f"Turn {i}: calculate {i}+1", i % 5 == 4
+                    )
+                    if status >= 400:
+                        failures.append(f"extra turn {i} answered {status}")
+                    progress.advance(task)
+        started = time.monotonic()
+        if not telemetry.force_flush(30_000):
+            failures.append(_flush_failure(telemetry, time.monotonic() - started))
+        conversations: list[dict[str, Any]] = []
+        messages: dict[str, list[dict[str, Any]]] = {}
+        for cid in conversation_ids:
+            conversations.append(
+                await _api(client, "GET", f"/api/v1/conversations/{cid}", f"reading {cid}")
+            )
+            messages[cid] = await _api(
+                client,
+                "GET",
+                f"/api/v1/conversations/{cid}/messages?limit=500",
+                f"reading the messages of {cid}",
+            )
+        return conversations, messages
+
+
+def _check(
+    conversations: list[dict[str, Any]],
+    messages: dict[str, list[dict[str, Any]]],
+    failures: list[str],
+) -> None:
+    for conv in conversations:
+        rows = messages[conv["id"]]
+        if conv["message_count"] != len(rows):
+            failures.append(
+                f"conversation {conv['id']}: message_count {conv['message_count']} != {len(rows)}"
+            )
+        if conv["total_tokens"] != sum(m["total_tokens"] or 0 for m in rows):
+            failures.append(f"conversation {conv['id']}: total_tokens does not add up")
+        for m in rows:
+            if (
+                m["role"] == "ASSISTANT"
+                and m["error_message"] is None
+                and m["total_tokens"] is None
+            ):
+                failures.append(f"message {m['id']}: usage was not written back")

@@ -27,7 +27,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from chatter_otel import _runtime, content, errors
+from chatter_otel import _runtime, binding, content, errors
 from chatter_otel import conventions as c
 from chatter_otel._workflow_run import WorkflowRun as WorkflowRun  # re-exported
 from chatter_otel.usage import Response, Usage, aggregate_chunks, from_ai_message
@@ -153,7 +153,8 @@ class workflow_span(_Scope[WorkflowRun]):
     """``invoke_workflow {name}``: one chat turn, owner of its model calls' usage.
 
     ``message_id`` is the id of the assistant message the turn will produce; generate it
-    before the workflow runs so the span (and so the write-back) can name the row.
+    before the workflow runs so the span (and so the write-back) can name the row, or leave it
+    out and call ``chatter_otel.bind_message(id)`` where the application creates the row.
     """
 
     def __init__(
@@ -176,6 +177,7 @@ class workflow_span(_Scope[WorkflowRun]):
         self.conversation_id, self.message_id, self.user_id = conversation_id, message_id, user_id
         self.attributes = dict(attributes or {})
         self._started = 0.0
+        self._unbound = False
         self._turn_token: contextvars.Token[_Turn | None] | None = None
 
     def _open(self) -> tuple[Span, WorkflowRun]:
@@ -188,8 +190,13 @@ class workflow_span(_Scope[WorkflowRun]):
         if self.conversation_id:
             attrs[c.GEN_AI_CONVERSATION_ID] = self.conversation_id
             attrs[c.CHATTER_CONVERSATION_ID] = self.conversation_id
+        outermost = _turn.get() is None
+        if outermost:
+            binding.turn_started()
         if self.message_id:
             attrs[c.CHATTER_MESSAGE_ID] = self.message_id
+        elif outermost:  # its row is named by bind_message once the app has created it
+            attrs[c.CHATTER_MESSAGE_UNBOUND] = self._unbound = True
         if self.user_id:
             attrs[c.CHATTER_USER_ID] = self.user_id
         span = runtime.tracer.start_span(
@@ -212,6 +219,8 @@ class workflow_span(_Scope[WorkflowRun]):
         elapsed = time.perf_counter() - self._started
         outcome = c.OUTCOME_ERROR if exc is not None else c.OUTCOME_SUCCESS
         span.set_attribute(c.CHATTER_WORKFLOW_OUTCOME, outcome)
+        if self._unbound:
+            binding.turn_ended(span.get_span_context())
         if exc is not None:
             span.add_event(c.EVENT_WORKFLOW_FAILED, {c.ERROR_TYPE: _error_type(exc)})
             _fail(span, exc)

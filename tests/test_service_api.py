@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from sqlalchemy.engine import URL
@@ -13,9 +13,9 @@ from tests.service_client import Api, running_service
 
 
 @pytest.fixture
-def captured() -> AsyncIterator[CapturedTelemetry]:
+def captured() -> Iterator[CapturedTelemetry]:
     with capture_telemetry() as cap:
-        yield cap  # type: ignore[misc]
+        yield cap
 
 
 @pytest.fixture
@@ -123,8 +123,76 @@ async def test_unknown_provider_is_422(api: Api) -> None:
     cid = await api.conversation()
     r = await api.say(cid, "hi", provider="skynet")
     assert r.status_code == 422
-    assert "accepted: offline, openai, anthropic" in r.text
+    assert "Input should be 'offline', 'openai' or 'anthropic'" in r.text
     assert await api.messages(cid) == []
+
+
+async def test_unknown_model_is_422_and_stores_nothing(api: Api) -> None:
+    cid = await api.conversation()
+    r = await api.say(cid, "hi", model="gpt-made-up-by-a-client")
+    assert r.status_code == 422
+    assert r.json() == {"detail": "unknown model 'gpt-made-up-by-a-client' for provider 'offline'"}
+    assert await api.messages(cid) == []
+
+
+async def test_configured_unpriced_model_is_accepted(api: Api) -> None:
+    cid = await api.conversation()
+    assert (await api.say(cid, "hi", model="offline-unpriced-1")).status_code == 201
+
+
+async def test_conversation_with_an_unknown_model_is_422(api: Api) -> None:
+    user = await api.user()
+    r = await api.client.post(
+        "/api/v1/conversations", json={"user_id": user, "title": "t", "llm_model": "nope-1"}
+    )
+    assert r.status_code == 422
+    assert r.json() == {"detail": "unknown model 'nope-1' for provider 'offline'"}
+
+
+async def test_lone_surrogate_in_json_is_422_without_echoing_it(api: Api) -> None:
+    cid = await api.conversation()
+    r = await api.client.post(
+        f"/api/v1/conversations/{cid}/messages",
+        content=b'{"content": "hi \\ud800 there"}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"] == [
+        {
+            "type": "string_unicode",
+            "loc": ["body", "content"],
+            "msg": "Input should be a valid string, unable to parse raw data as a unicode string",
+        }
+    ]
+    assert "ud800" not in r.text
+    assert await api.messages(cid) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [("messages", "content"), ("messages", "model"), ("conversations", "title")],
+)
+async def test_nul_in_a_text_field_is_422(api: Api, path: str, field: str) -> None:
+    cid = await api.conversation()
+    if path == "messages":
+        body: dict[str, str] = {"content": "hi", field: "a\x00b"}
+        url = f"/api/v1/conversations/{cid}/messages"
+    else:
+        body = {"user_id": await api.user("nul"), field: "a\x00b"}
+        url = "/api/v1/conversations"
+    r = await api.client.post(url, json=body)
+    assert r.status_code == 422
+    assert "NUL" in r.text or "control characters" in r.text
+    assert await api.messages(cid) == []
+
+
+async def test_openapi_documents_errors_and_providers(api: Api) -> None:
+    schema = (await api.client.get("/openapi.json")).json()
+    post = schema["paths"]["/api/v1/conversations/{conversation_id}/messages"]["post"]
+    assert {"404", "409", "413", "422", "502", "503"} <= set(post["responses"])
+    provider = schema["components"]["schemas"]["MessageIn"]["properties"]["provider"]
+    enums = [choice.get("enum") for choice in provider["anyOf"]]
+    assert ["offline", "openai", "anthropic"] in enums
 
 
 async def test_openai_without_a_key_is_422_and_stores_nothing(api: Api) -> None:

@@ -1,4 +1,4 @@
-"""Write-back pieces without a database: validation, the mapping, records and the assembler."""
+"""Write-back pieces without a database: validation, the mapping, records and the spool."""
 
 from __future__ import annotations
 
@@ -10,25 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanContext
 from ulid import ULID
 
-from chatter_otel import conventions as c
-from chatter_otel.pricing import Pricing
 from chatter_otel.service.models import new_ulid
 from chatter_otel.usage import MAX_TOKENS
 from chatter_otel.writeback import TurnRecord, WritebackMapping, extract
-from chatter_otel.writeback.assembler import Assembler
 from chatter_otel.writeback.records import INT32_MAX, is_ulid
 from chatter_otel.writeback.spool import Spool
-from chatter_otel.writeback.stats import Counters
 
 LIMITS = (100, 50, 50)
-PRICING = Pricing()
-TRACE = 0x0AF7651916CD43DD8448EB211C80319C
 
 # --- mapping ----------------------------------------------------------------------------------
 
@@ -215,173 +207,6 @@ def _record() -> TurnRecord:
     )
 
 
-# --- the assembler, with hand-made spans ------------------------------------------------------
-
-
-def make_span(
-    span_id: int,
-    parent: int | None,
-    attrs: dict[str, Any] | None = None,
-    *,
-    start: int = 1_000_000_000,
-    end: int = 2_000_000_000,
-    trace_id: int = TRACE,
-) -> ReadableSpan:
-    return ReadableSpan(
-        name=f"s{span_id}",
-        context=SpanContext(trace_id, span_id, is_remote=False),
-        parent=SpanContext(trace_id, parent, is_remote=False) if parent is not None else None,
-        attributes=attrs or {},
-        start_time=start,
-        end_time=end,
-    )
-
-
-def assembler(**kwargs: Any) -> tuple[Assembler, Counters]:
-    counters = Counters(None)
-    options: dict[str, Any] = {
-        "pricing": PRICING,
-        "counters": counters,
-        "limits": LIMITS,
-        "grace": 0.0,
-        "trace_ttl": 10.0,
-        "done_ttl": 1.0,
-        "max_traces": 100,
-        "max_spans_per_trace": 1000,
-    }
-    options.update(kwargs)
-    return Assembler(**options), counters
-
-
-def usage(inp: int, out: int, **extra: Any) -> dict[str, Any]:
-    return {c.GEN_AI_USAGE_INPUT_TOKENS: inp, c.GEN_AI_USAGE_OUTPUT_TOKENS: out, **extra}
-
-
-def test_spans_in_any_order_within_the_grace() -> None:
-    mid = new_ulid()
-    a, _ = assembler(grace=1.0)
-    # Owner first, then the chain span, then the LLM span: all within the grace window.
-    a.add(make_span(1, None, {c.CHATTER_MESSAGE_ID: mid}), now=0.0)
-    a.add(make_span(2, 1), now=0.1)
-    a.add(make_span(3, 2, usage(5, 6)), now=0.2)
-    assert a.take(0.5) == []
-    (record,) = a.take(1.5)
-    assert (record.message_id, record.total_tokens, record.response_time_ms) == (mid, 11, 1000)
-    assert record.span_id == f"{1:016x}" and record.trace_id == f"{TRACE:032x}"
-
-
-def test_broken_chains_cycles_and_duplicates_never_raise() -> None:
-    mid = new_ulid()
-    a, counters = assembler()
-    a.add(make_span(7, 7, usage(1, 1)), now=0.0)  # its own parent
-    a.add(make_span(8, 9, usage(1, 1)), now=0.0)  # 9 <-> 8 cycle
-    a.add(make_span(9, 8), now=0.0)
-    a.add(make_span(10, 99, usage(2, 2)), now=0.0)  # parent never seen
-    a.add(make_span(1, None, {c.CHATTER_MESSAGE_ID: mid}), now=0.0)
-    a.add(make_span(1, None, {c.CHATTER_MESSAGE_ID: mid}), now=0.0)  # duplicate delivery
-    (record,) = a.take(0.1)
-    assert record.usage_missing and record.total_tokens is None
-    a.expire(100.0)
-    stats = counters.snapshot()
-    assert stats.duplicates == 1
-    assert stats.unowned == 3  # 7, 8 and 10: no chain from them reaches the owner
-    assert a.traces == 0
-
-
-def test_late_span_below_a_counted_call_is_not_counted_twice() -> None:
-    mid = new_ulid()
-    a, counters = assembler()
-    a.add(make_span(2, 1, usage(10, 10)), now=0.0)
-    a.add(make_span(1, None, {c.CHATTER_MESSAGE_ID: mid}), now=0.0)
-    (record,) = a.take(0.1)
-    assert record.total_tokens == 20
-    # The duplicate inner span of the same call arrives after the owner was written.
-    a.add(make_span(3, 2, {c.OI_TOKEN_COUNT_PROMPT: 10, c.OI_TOKEN_COUNT_COMPLETION: 10}), 0.2)
-    assert a.take(0.3) == []
-    assert counters.snapshot().late_conflicts == 1
-
-
-def test_late_sibling_call_becomes_its_own_record() -> None:
-    mid = new_ulid()
-    a, counters = assembler()
-    a.add(make_span(2, 1, usage(10, 10)), now=0.0)
-    a.add(make_span(1, None, {c.CHATTER_MESSAGE_ID: mid}), now=0.0)
-    a.take(0.1)
-    a.add(make_span(3, 1, usage(1, 2), end=3_000_000_000), now=0.2)
-    (late,) = a.take(0.3)
-    assert (late.kind, late.span_id, late.total_tokens, late.response_time_ms) == (
-        "late",
-        f"{3:016x}",
-        3,
-        None,
-    )
-    assert counters.snapshot().late == 1
-
-
-def test_trace_limit_evicts_the_oldest_and_finalizes_its_owner() -> None:
-    a, counters = assembler(max_traces=2, grace=100.0)
-    mids = [new_ulid() for _ in range(3)]
-    for index, mid in enumerate(mids):
-        trace_id = TRACE + index
-        a.add(make_span(2, 1, usage(1, 1), trace_id=trace_id), now=float(index))
-        a.add(make_span(1, None, {c.CHATTER_MESSAGE_ID: mid}, trace_id=trace_id), float(index))
-    assert a.traces == 2
-    (evicted,) = a.take(3.0)  # the oldest owner was finalized when its trace was dropped
-    assert evicted.message_id == mids[0] and evicted.total_tokens == 2
-    assert [r.message_id for r in a.take(200.0, force=True)] == mids[1:]
-    assert counters.snapshot().traces_evicted == 0  # it was complete when dropped
-
-
-def test_idle_traces_expire_and_unowned_usage_is_counted() -> None:
-    a, counters = assembler(trace_ttl=5.0, done_ttl=1.0)
-    a.add(make_span(2, 1, usage(1, 1)), now=0.0)  # an LLM call outside any turn
-    a.expire(4.0)
-    assert a.traces == 1
-    a.expire(6.0)
-    assert a.traces == 0
-    assert counters.snapshot().unowned == 1
-
-
-values = st.one_of(
-    st.integers(min_value=-(2**40), max_value=2**40),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.booleans(),
-    st.text(max_size=8),
-    st.lists(st.integers(), max_size=2),
-)
-keys = st.sampled_from(sorted(extract.USAGE_KEYS | set(extract.MODEL_KEYS)))
-
-
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.lists(st.dictionaries(keys, values, max_size=6), min_size=1, max_size=5),
-    st.one_of(st.builds(new_ulid), st.text(max_size=30), st.integers()),
-    st.permutations(range(6)),
-)
-def test_arbitrary_attributes_never_raise_and_records_are_database_safe(
-    calls: list[dict[str, Any]], message_id: Any, order: list[int]
-) -> None:
-    a, counters = assembler()
-    spans = [make_span(1, None, {c.CHATTER_MESSAGE_ID: message_id})]
-    spans += [make_span(10 + i, 1 if i % 2 == 0 else 9 + i, attrs) for i, attrs in enumerate(calls)]
-    for index in order:
-        if index < len(spans):
-            a.add(spans[index], now=0.0)
-    records = a.take(1.0, force=True)
-    a.expire(1000.0)
-    for record in records:
-        record.validate(LIMITS)
-        assert record.message_id == message_id
-    assert len(records) <= 1 + len(calls)
-    stats = counters.snapshot()
-    assert set(stats.rejected) <= {
-        *REASONS,
-        extract.R_COST,
-        extract.R_TEXT,
-        extract.R_MESSAGE_ID,
-    }
-
-
 # --- the spool --------------------------------------------------------------------------------
 
 
@@ -462,39 +287,3 @@ def test_unusable_default_spool_directory_falls_back(tmp_path: Path) -> None:
     assert _read_all(spool, reasons) == [record]
     with pytest.raises(OSError):
         Spool(blocked / "spool").append([record])  # a configured directory fails loudly
-
-
-def oi_usage(inp: int, out: int) -> dict[str, Any]:
-    return {c.OI_TOKEN_COUNT_PROMPT: inp, c.OI_TOKEN_COUNT_COMPLETION: out}
-
-
-def test_sibling_duplicates_count_once_also_when_late() -> None:
-    """openinference parents its LLM span on the LangGraph node's CHAIN span, so our ``chat``
-    span and its span for the same call are siblings; either may end after the owner."""
-    mid = new_ulid()
-    a, counters = assembler()
-    # Call 1: both spans before the owner ends. Call 2 (same tokens, a retry): ours ends
-    # late. Call 3: both spans end late, openinference's first.
-    a.add(make_span(3, 2, oi_usage(10, 2), start=1_100, end=1_900), now=0.0)
-    a.add(make_span(4, 1, usage(10, 2), start=1_000, end=2_000), now=0.0)
-    a.add(make_span(6, 2, oi_usage(10, 2), start=3_100, end=3_900), now=0.0)
-    a.add(make_span(2, 1), now=0.0)  # the node's CHAIN span
-    a.add(make_span(1, None, {c.CHATTER_MESSAGE_ID: mid}, start=500, end=5_000), now=0.0)
-    (turn,) = a.take(0.1)
-    assert (turn.total_tokens, turn.calls) == (24, 2)  # call 1 once, call 2 via its OI span
-    a.add(make_span(5, 1, usage(10, 2), start=3_000, end=9_000), now=0.2)  # ours, call 2
-    assert a.take(0.3) == []
-    a.add(make_span(8, 2, oi_usage(7, 1), start=9_100, end=9_500), now=0.4)  # call 3, OI
-    a.add(make_span(7, 1, usage(7, 1), start=9_000, end=9_900), now=0.5)  # call 3, ours
-    (late,) = a.take(0.6)
-    assert (late.kind, late.total_tokens) == ("late", 8)
-    assert counters.snapshot().rollups_ignored == 3
-    # Two real calls with the same tokens are not merged: one-to-one matching.
-    a2, _ = assembler()
-    a2.add(make_span(3, 1, usage(5, 5), start=1_000, end=2_000), now=0.0)
-    a2.add(make_span(4, 1, usage(5, 5), start=1_000, end=2_000), now=0.0)
-    a2.add(make_span(5, 2, oi_usage(5, 5), start=1_100, end=1_900), now=0.0)
-    a2.add(make_span(2, 1), now=0.0)
-    a2.add(make_span(1, None, {c.CHATTER_MESSAGE_ID: mid}), now=0.0)
-    (both,) = a2.take(0.1)
-    assert both.total_tokens == 20

@@ -16,12 +16,13 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from chatter_otel.service import validation
 from chatter_otel.service.chat import ChatService, Delta, NotFound, TurnFailed
 from chatter_otel.service.db import Database
-from chatter_otel.service.llm import PROVIDERS, ProviderError
+from chatter_otel.service.llm import ProviderError, ProviderName, validate_model
 from chatter_otel.service.models import Conversation, Message
 from chatter_otel.service.settings import ServiceSettings
 from chatter_otel.telemetry import Telemetry, setup_telemetry
@@ -32,13 +33,9 @@ UlidPath = Annotated[str, Path(pattern=ULID_PATTERN)]
 MAX_BODY_BYTES = 1_048_576
 
 
-def _known_provider(value: str | None) -> str | None:
-    if value is not None and value not in PROVIDERS:
-        raise ValueError(f"unknown provider; accepted: {', '.join(PROVIDERS)}")
-    return value
-
-
-Provider = Annotated[str | None, AfterValidator(_known_provider)]
+Provider = ProviderName | None
+Name = validation.Name
+Text = validation.Text
 
 
 class _Strict(BaseModel):
@@ -46,8 +43,8 @@ class _Strict(BaseModel):
 
 
 class UserIn(_Strict):
-    username: str = Field(min_length=1, max_length=50)
-    email: str = Field(min_length=3, max_length=255, pattern=r"^[^@\s]+@[^@\s]+$")
+    username: Name = Field(min_length=1, max_length=50)
+    email: Name = Field(min_length=3, max_length=255, pattern=r"^[^@\s]+@[^@\s]+$")
 
 
 class UserOut(BaseModel):
@@ -59,10 +56,10 @@ class UserOut(BaseModel):
 
 class ConversationIn(_Strict):
     user_id: str = Field(pattern=ULID_PATTERN)
-    title: str = Field(min_length=1, max_length=255)
+    title: Name = Field(min_length=1, max_length=255)
     llm_provider: Provider = None
-    llm_model: str | None = Field(default=None, max_length=100)
-    system_prompt: str | None = Field(default=None, max_length=10_000)
+    llm_model: Name | None = Field(default=None, max_length=100)
+    system_prompt: Text | None = Field(default=None, max_length=10_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
 
 
@@ -87,9 +84,9 @@ class ConversationOut(BaseModel):
 
 
 class MessageIn(_Strict):
-    content: str = Field(min_length=1)
+    content: Text = Field(min_length=1)
     provider: Provider = None
-    model: str | None = Field(default=None, max_length=100)
+    model: Name | None = Field(default=None, max_length=100)
 
 
 class MessageOut(BaseModel):
@@ -161,7 +158,12 @@ def create_app(
             # stopped, so code after it never runs. The write-back drains (or spools) now.
             await asyncio.to_thread(telemetry.shutdown)
 
-    app = FastAPI(title="Chatter (chatter-otel reference service)", lifespan=lifespan)
+    app = FastAPI(
+        title="Chatter (chatter-otel reference service)",
+        lifespan=lifespan,
+        responses=validation.ERROR_RESPONSES,
+    )
+    validation.install(app)
     app.state.service = service
     app.state.telemetry = telemetry
     app.add_middleware(BodyLimitMiddleware)
@@ -216,6 +218,8 @@ def create_app(
     @app.post("/api/v1/conversations", status_code=201)
     async def create_conversation(body: ConversationIn) -> ConversationOut:
         fields = body.model_dump(exclude={"user_id"}, exclude_none=True)
+        if body.llm_model is not None:
+            validate_model(body.llm_provider or settings.default_provider, body.llm_model)
         return ConversationOut.of(await service.create_conversation(body.user_id, **fields))
 
     @app.get("/api/v1/conversations")

@@ -16,7 +16,7 @@ import hashlib
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -38,11 +38,14 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from chatter_otel.service.settings import ServiceSettings
 
 PROVIDERS = ("offline", "openai", "anthropic")
+ProviderName = Literal["offline", "openai", "anthropic"]
 DEFAULT_MODELS = {
     "offline": "offline-echo-1",
     "openai": "gpt-4o-mini",
     "anthropic": "claude-3-5-haiku-latest",
 }
+OFFLINE_MODELS = ("offline-echo-1", "offline-unpriced-1")
+"""The offline provider's models: the priced one and one deliberately missing from prices."""
 FAIL_MARKER = "#fail"
 """Text that makes the offline model raise, so failing turns can be exercised end to end."""
 
@@ -230,10 +233,25 @@ def validate_provider(provider: str) -> str:
     return provider
 
 
+def validate_model(provider: str, model: str) -> str:
+    """A model known to configuration (the defaults, the offline models) or to pricing (the
+    shipped and configured price tables): a client cannot invent model names, which become
+    metric labels and stored values."""
+    if model in DEFAULT_MODELS.values() or (provider == "offline" and model in OFFLINE_MODELS):
+        return model
+    if provider != "offline":
+        from chatter_otel import _runtime
+        from chatter_otel.usage import Usage
+
+        if _runtime.get().pricing.cost(provider, model, Usage(1, 1)) is not None:
+            return model
+    raise ProviderError(f"unknown model {model!r} for provider {provider!r}")
+
+
 def make_chat_model(provider: str, model: str | None, settings: ServiceSettings) -> BaseChatModel:
     """The LangChain chat model for one turn; ``model`` None means the provider's default."""
     validate_provider(provider)
-    model = model or DEFAULT_MODELS[provider]
+    model = validate_model(provider, model or DEFAULT_MODELS[provider])
     if provider == "offline":
         return OfflineChatModel(model_name=model, latency_s=settings.offline_latency_s)
     if provider == "openai":

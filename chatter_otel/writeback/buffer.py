@@ -125,6 +125,10 @@ class RecordBuffer:
         with self.cond:
             return len(self.ready) + len(self.waiting) + len(self.inflight), len(self.waiting)
 
+    def waiting_records(self) -> list[TurnRecord]:
+        with self.cond:
+            return [record for _, record in self.waiting]
+
     def oldest_end_ns(self) -> int | None:
         """When the span of the oldest record in memory ended (ns since the epoch)."""
         with self.cond:

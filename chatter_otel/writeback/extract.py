@@ -10,7 +10,8 @@ Usage is read from every convention instrumentations emit; per field the first p
   tokens), else ``gen_ai.usage.total_tokens`` or ``llm.token_count.total``;
 * model: ``gen_ai.response.model``, ``gen_ai.request.model``, ``llm.model_name``;
 * provider: ``gen_ai.provider.name``, ``gen_ai.system``, ``llm.provider``, ``llm.system``;
-* finish reason: the first of ``gen_ai.response.finish_reasons``; cost: ``gen_ai.usage.cost``.
+* finish reason: the first of ``gen_ai.response.finish_reasons``; cost: ``gen_ai.usage.cost``;
+* call identity: ``chatter.call.id`` (the same on every span of one provider call).
 
 Every value is validated before it can reach SQL: token counts are integers in
 ``[0, MAX_TOKENS]`` (integral floats are accepted, booleans are not), a cost is a finite
@@ -66,7 +67,9 @@ PROVIDER_KEYS: Final = (
 COST_KEYS: Final = (c.CHATTER_USAGE_COST, c.GEN_AI_USAGE_COST)
 USAGE_KEYS: Final = frozenset((*INPUT_KEYS, *OUTPUT_KEYS, *TOTAL_KEYS, *COST_KEYS))
 """A span carrying any of these is an LLM call with usage (a roll-up if it has such children)."""
-RELEVANT_KEYS: Final = USAGE_KEYS | {c.CHATTER_MESSAGE_ID}
+RELEVANT_KEYS: Final = USAGE_KEYS | {c.CHATTER_MESSAGE_ID, c.CHATTER_MESSAGE_UNBOUND}
+MAX_CALL_ID: Final = 128
+"""Longest ``chatter.call.id`` accepted (ours are 32 hex digits)."""
 
 # Rejection reasons (the ``reason`` attribute of the rejected metric).
 R_TOKENS_TYPE: Final = "tokens_not_integer"
@@ -78,6 +81,7 @@ R_MESSAGE_ID: Final = "message_id_invalid"
 R_CONVERSATION_ID: Final = "conversation_id_invalid"
 R_TEXT: Final = "text_invalid"
 R_TIMES: Final = "span_times_invalid"
+R_CALL_ID: Final = "call_id_invalid"
 
 Reject = Callable[[str], None]
 
@@ -107,9 +111,10 @@ class Call:
     finish_reason: str | None
     cost: Decimal | None = None
     """From ``gen_ai.usage.cost``; ``None`` means "price it"."""
-    start_ns: int = 0
     genai: bool = False
     """Usage in the current GenAI convention (``gen_ai.usage.input_tokens``/``output_tokens``)."""
+    call_id: str | None = None
+    """``chatter.call.id``: spans with the same id are one provider call, counted once."""
 
     @property
     def reported(self) -> bool:
@@ -132,10 +137,13 @@ class Owner:
 
     span_id: int
     message_id: str | None
-    """``None`` when the attribute was not a ULID: the subtree is still owned (and dropped)."""
+    """``None`` when the attribute was not a ULID (the subtree is still owned, and its usage
+    counted as unowned), or while an unbound owner waits for its ``bind_message``."""
     conversation_id: str | None
     start_ns: int
     end_ns: int
+    unbound: bool = False
+    """Carries ``chatter.message.unbound``: its message id is given by a bind span."""
 
 
 def attributes_of(span: ReadableSpan) -> Mapping[str, Any]:
@@ -286,9 +294,9 @@ def read_call(
     context = span.context
     span_id = context.span_id if context is not None else 0
     end_ns = span.end_time or 0
-    start_ns = span.start_time or 0
     get = attrs.get
     genai = c.GEN_AI_USAGE_INPUT_TOKENS in attrs or c.GEN_AI_USAGE_OUTPUT_TOKENS in attrs
+    call_id = call_id_of(attrs, reject)
     model = text_value(_first(attrs, MODEL_KEYS), limits[0], reject)
     provider = text_value(_first(attrs, PROVIDER_KEYS), limits[1], reject)
     raw_finish = get(c.GEN_AI_RESPONSE_FINISH_REASONS)
@@ -323,12 +331,12 @@ def read_call(
     except _Invalid as exc:
         reject(exc.reason)
         return Call(
-            span_id, end_ns, False, *_NO_USAGE, model, provider, finish, None, start_ns, genai
+            span_id, end_ns, False, *_NO_USAGE, model, provider, finish, None, genai, call_id
         )
     if total is not None and total > MAX_TOKENS:
         reject(R_TOKENS_TOO_LARGE)
         return Call(
-            span_id, end_ns, False, *_NO_USAGE, model, provider, finish, None, start_ns, genai
+            span_id, end_ns, False, *_NO_USAGE, model, provider, finish, None, genai, call_id
         )
     cost: Decimal | None = None
     raw_cost = _first(attrs, COST_KEYS)
@@ -351,18 +359,41 @@ def read_call(
         provider,
         finish,
         cost,
-        start_ns,
         genai,
+        call_id,
     )
 
 
-def read_owner(span: ReadableSpan, attrs: Mapping[str, Any], reject: Reject) -> Owner:
-    context = span.context
+def call_id_of(attrs: Mapping[str, Any], reject: Reject) -> str | None:
+    """``chatter.call.id`` when it is a short clean string; anything else is no identity."""
+    value = attrs.get(c.CHATTER_CALL_ID)
+    if value is None:
+        return None
+    if isinstance(value, str) and 0 < len(value) <= MAX_CALL_ID and clean_text(value):
+        return value
+    reject(R_CALL_ID)
+    return None
+
+
+def is_owner(attrs: Mapping[str, Any]) -> bool:
+    """Owns the usage below it: carries a message id, or waits for one (unbound)."""
+    if c.CHATTER_MESSAGE_BIND in attrs:
+        return False
+    return c.CHATTER_MESSAGE_ID in attrs or attrs.get(c.CHATTER_MESSAGE_UNBOUND) is True
+
+
+def is_bind(attrs: Mapping[str, Any]) -> bool:
+    """The span ``bind_message`` emits (its parent is the turn it names the message of)."""
+    return attrs.get(c.CHATTER_MESSAGE_BIND) is True
+
+
+def read_ids(attrs: Mapping[str, Any], reject: Reject) -> tuple[str | None, str | None]:
+    """Validated ``chatter.message.id`` and ``chatter.conversation.id`` (``None`` if refused)."""
     message_id: str | None = None
     raw = attrs.get(c.CHATTER_MESSAGE_ID)
     if is_ulid(raw):
         message_id = str(raw)
-    else:
+    elif raw is not None:
         reject(R_MESSAGE_ID)
     conversation_id: str | None = None
     raw = attrs.get(c.CHATTER_CONVERSATION_ID)
@@ -371,6 +402,13 @@ def read_owner(span: ReadableSpan, attrs: Mapping[str, Any], reject: Reject) -> 
             conversation_id = str(raw)
         else:
             reject(R_CONVERSATION_ID)
+    return message_id, conversation_id
+
+
+def read_owner(span: ReadableSpan, attrs: Mapping[str, Any], reject: Reject) -> Owner:
+    context = span.context
+    message_id, conversation_id = read_ids(attrs, reject)
+    unbound = c.CHATTER_MESSAGE_ID not in attrs
     start, end = span.start_time or 0, span.end_time or 0
     if start <= 0 or end < start:
         reject(R_TIMES)
@@ -381,4 +419,5 @@ def read_owner(span: ReadableSpan, attrs: Mapping[str, Any], reject: Reject) -> 
         conversation_id=conversation_id,
         start_ns=start,
         end_ns=end,
+        unbound=unbound,
     )

@@ -172,8 +172,8 @@ class WritebackSpanProcessor(SpanProcessor):
             limits=self._limits,
             grace=self._grace,
             trace_ttl=self._trace_ttl,
-            # Finished traces are kept this long for children that end after their owner.
-            done_ttl=max(2.0, 10 * self._grace),
+            # Finished turns are matched this long by children that end after them.
+            message_ttl=self._ttl_ns / 1e9,
             max_traces=self._max_traces,
             max_spans_per_trace=10_000,
         )
@@ -262,6 +262,10 @@ class WritebackSpanProcessor(SpanProcessor):
     def store(self) -> Store:
         """The database side (tests use its ``fault`` hook)."""
         return self._store
+
+    def waiting_records(self) -> list[TurnRecord]:
+        """The records waiting for their message row (what a failed flush waits for)."""
+        return self._buffer.waiting_records()
 
     def _gauge_values(self) -> Gauges:
         in_memory, pending = self._buffer.sizes()
