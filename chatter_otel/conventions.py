@@ -131,7 +131,9 @@ CHATTER_USAGE_COST: Final = "chatter.usage.cost"
 CHATTER_STREAMING: Final = GEN_AI_REQUEST_STREAM
 CHATTER_WORKFLOW_OUTCOME: Final = "chatter.workflow.outcome"
 CHATTER_CALL_ID: Final = "chatter.call.id"
-"""On every LLM span of one provider call (ours and other instrumentations'): counted once."""
+"""One LLM call's identity on every span that reports it, ours and other instrumentations'
+(the LangChain run id as 32 hex characters when LangChain ran the call, else a uuid4 hex):
+the write-back counts each once."""
 CHATTER_MESSAGE_UNBOUND: Final = "chatter.message.unbound"
 """On a turn's span without ``chatter.message.id``: the id comes later, from ``bind_message``."""
 CHATTER_MESSAGE_BIND: Final = "chatter.message.bind"
@@ -246,10 +248,7 @@ ATTR_WRITEBACK_PROCESSOR: Final = "chatter.writeback.processor"
 ATTR_WORKFLOW_OUTCOME: Final = CHATTER_WORKFLOW_OUTCOME
 ATTR_REJECT_REASON: Final = "chatter.writeback.reason"
 
-# --- LangChain capture and call identity (adopt-lc) -------------------------------------
-CHATTER_CALL_ID: Final = "chatter.call.id"
-"""One LLM call's identity on every span that reports it (the LangChain run id as 32 hex
-characters when LangChain ran the call, else a uuid4 hex): the write-back counts each once."""
+# --- LangChain capture: request parameters read from a chat model (adopt-lc) -----------
 GEN_AI_REQUEST_TOP_P: Final = "gen_ai.request.top_p"
 GEN_AI_REQUEST_TOP_K: Final = "gen_ai.request.top_k"
 GEN_AI_REQUEST_FREQUENCY_PENALTY: Final = "gen_ai.request.frequency_penalty"

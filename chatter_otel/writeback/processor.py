@@ -173,7 +173,7 @@ class WritebackSpanProcessor(SpanProcessor):
             grace=self._grace,
             trace_ttl=self._trace_ttl,
             # Finished turns are matched this long by children that end after them.
-            message_ttl=self._ttl_ns / 1e9,
+            message_ttl=self._timing.message_ttl_ns / 1e9,
             max_traces=self._max_traces,
             max_spans_per_trace=10_000,
         )
