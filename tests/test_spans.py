@@ -176,15 +176,15 @@ async def test_failed_turn_marks_workflow_and_model_spans_as_errors(
 async def test_unknown_model_is_unpriced_never_zero(
     api: Api, cap: CapturedTelemetry, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cid = await api.conversation(llm_model="mystery-model-9")
+    cid = await api.conversation(llm_model="offline-unpriced-1")
     await api.say(cid, "one")
     await api.say(cid, "two")
-    spans = [s for s in cap.spans() if s.name == "chat mystery-model-9"]
+    spans = [s for s in cap.spans() if s.name == "chat offline-unpriced-1"]
     assert len(spans) == 2
     for span in spans:
         assert c.GEN_AI_USAGE_COST not in (span.attributes or {})
         assert span.attributes[c.CHATTER_COST_UNPRICED] is True  # type: ignore[index]
-    labels = {c.GEN_AI_PROVIDER_NAME: "offline", c.GEN_AI_REQUEST_MODEL: "mystery-model-9"}
+    labels = {c.GEN_AI_PROVIDER_NAME: "offline", c.GEN_AI_REQUEST_MODEL: "offline-unpriced-1"}
     assert cap.point(c.METRIC_LLM_UNPRICED, labels).value == 2
     assert [p for p in cap.points(c.METRIC_LLM_COST) if dict(p.attributes) == labels] == []
     warnings = [r for r in caplog.records if "no price known" in r.getMessage()]
