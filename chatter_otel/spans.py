@@ -458,7 +458,7 @@ class model_span(_Scope[ModelCall]):
             c.CHATTER_CALL_ID: call_id,
         }
         if self.streaming:
-            attrs[c.CHATTER_STREAMING] = True
+            attrs[c.GEN_AI_REQUEST_STREAM] = True
         turn = _turn.get()
         if turn is not None and turn.conversation_id:
             attrs[c.GEN_AI_CONVERSATION_ID] = turn.conversation_id

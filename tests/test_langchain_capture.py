@@ -95,7 +95,7 @@ def test_invoke_gets_a_chat_span_named_by_its_run_id(cap: CapturedTelemetry) -> 
         c.GEN_AI_RESPONSE_FINISH_REASONS: ("stop",),
         c.GEN_AI_USAGE_INPUT_TOKENS: 5,
         c.GEN_AI_USAGE_OUTPUT_TOKENS: 5,
-        c.GEN_AI_USAGE_COST: pytest.approx(5 * 0.5e-6 + 5 * 1.5e-6, abs=1e-15),
+        c.CHATTER_USAGE_COST: pytest.approx(5 * 0.5e-6 + 5 * 1.5e-6, abs=1e-15),
     }
 
 
@@ -180,8 +180,8 @@ def test_streamed_call_is_marked_streaming(cap: CapturedTelemetry) -> None:
     list(OfflineChatModel().stream("Hello there"))
     OfflineChatModel().invoke("One")
     streamed, plain = _chats(cap)
-    assert (streamed.attributes or {})[c.CHATTER_STREAMING] is True
-    assert c.CHATTER_STREAMING not in (plain.attributes or {})
+    assert (streamed.attributes or {})[c.GEN_AI_REQUEST_STREAM] is True
+    assert c.GEN_AI_REQUEST_STREAM not in (plain.attributes or {})
 
 
 def test_call_with_tools_bound_records_the_tool_call_finish(cap: CapturedTelemetry) -> None:

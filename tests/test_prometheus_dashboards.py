@@ -63,7 +63,7 @@ def _workload(base: str, phase: int) -> None:
         ).json()["id"]
         unpriced = client.post(
             "/api/v1/conversations",
-            json={"user_id": user["id"], "title": "unpriced", "llm_model": "mystery-model"},
+            json={"user_id": user["id"], "title": "unpriced", "llm_model": "offline-unpriced-1"},
         ).json()["id"]
         for content in ("hello there", "please calculate 6*7", "what is (1+2)*3"):
             assert (

@@ -219,10 +219,10 @@ async def test_failed_turn_marks_workflow_and_model_spans_as_errors(
 async def test_unknown_model_is_unpriced_never_zero(
     api: Api, cap: CapturedTelemetry, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cid = await api.conversation(llm_model="mystery-model-9")
+    cid = await api.conversation(llm_model="offline-unpriced-1")
     await api.say(cid, "one")
     await api.say(cid, "two")
-    spans = [s for s in cap.spans() if s.name == "chat mystery-model-9"]
+    spans = [s for s in cap.spans() if s.name == "chat offline-unpriced-1"]
     assert len(spans) == 2
     for span in spans:
         assert c.CHATTER_USAGE_COST not in (span.attributes or {})
