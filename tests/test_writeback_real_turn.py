@@ -42,11 +42,6 @@ def _row(url: URL, message_id: str) -> tuple[object, ...]:
     return tuple(row)
 
 
-@pytest.mark.xfail(
-    reason="counting is by chatter.call.id now (13.2): needs adopt-lc's tagging of "
-    "openinference's LLM span with the LangChain run's call id; remove this mark on merge",
-    strict=False,
-)
 async def test_tool_turn_with_openinference_is_counted_once(
     api: tuple[Api, CapturedTelemetry], db_url: URL
 ) -> None:
