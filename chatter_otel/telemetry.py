@@ -375,6 +375,9 @@ def _build(
         "openinference",
     )
     _require(
+        config.capture_langchain, "CHATTER_OTEL_CAPTURE_LANGCHAIN", "langchain_core", "langchain"
+    )
+    _require(
         config.instrument_sqlalchemy,
         "CHATTER_OTEL_INSTRUMENT_SQLALCHEMY",
         "opentelemetry.instrumentation.sqlalchemy",

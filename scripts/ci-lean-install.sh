@@ -36,7 +36,7 @@ import chatter_otel
 from chatter_otel.writeback import WritebackSpanProcessor  # noqa: F401 (the write-back loads lean)
 
 # A switched-on integration whose extra is missing stops start-up with one line naming it.
-for switch, extra in (("instrument_langchain", "openinference"), ("instrument_sqlalchemy", "sqlalchemy-instrumentation")):
+for switch, extra in (("instrument_langchain", "openinference"), ("capture_langchain", "langchain"), ("instrument_sqlalchemy", "sqlalchemy-instrumentation")):
     try:
         chatter_otel.setup_telemetry(configure_logs=False, **{switch: True})
     except chatter_otel.ConfigError as exc:
