@@ -150,6 +150,7 @@ METRIC_WRITEBACK_RETRIED: Final = "chatter.writeback.retried"
 METRIC_WRITEBACK_ORPHANED: Final = "chatter.writeback.orphaned"
 METRIC_WRITEBACK_REJECTED: Final = "chatter.writeback.rejected"
 METRIC_WRITEBACK_SPOOLED: Final = "chatter.writeback.spooled"
+METRIC_WRITEBACK_AGGREGATE_DRIFT: Final = "chatter.writeback.aggregate.drift"
 
 # Metric attribute keys beyond the GenAI ones.
 ATTR_WORKFLOW_OUTCOME: Final = "outcome"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -75,3 +77,33 @@ def db_url(request: pytest.FixtureRequest) -> URL:
     """Runs a test once on SQLite and once on PostgreSQL."""
     name = "sqlite_url" if request.param == "sqlite" else "pg_url"
     return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def make_writeback(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``make_writeback(url, **options)``: a write-back processor on ``url`` with fast timings
+    (a flush interval of 0.05 s, a spool under ``tmp_path``) behind its own TracerProvider
+    (a ``tests.test_writeback_support.Tracing``); all are shut down afterwards."""
+    from chatter_otel.pricing import Pricing
+    from chatter_otel.writeback import WritebackSpanProcessor
+    from tests.test_writeback_support import Tracing, tracing
+
+    made: list[Tracing] = []
+    pricing = Pricing()
+
+    def factory(url: URL | str, **kwargs: Any) -> Tracing:
+        options: dict[str, Any] = {
+            "pricing": pricing,
+            "flush_interval": 0.05,
+            "late_span_grace": 0.05,
+            "spool_path": tmp_path / "spool",
+            "backoff": (0.02, 0.2),
+        }
+        options.update(kwargs)
+        t = tracing(WritebackSpanProcessor(url, **options))
+        made.append(t)
+        return t
+
+    yield factory
+    for t in made:
+        t.provider.shutdown()

@@ -64,7 +64,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chatter_otel.writeback")
 
-R_DB_REFUSED = "database_refused"
 _POLL_SHARE = 0.25
 _POLL_MIN, _POLL_MAX = 0.025, 0.25
 """Seconds between assembler passes: a quarter of the flush interval, within these bounds.
@@ -766,7 +765,7 @@ class WritebackSpanProcessor(SpanProcessor):
                 self._apply(batch[middle:], from_spool=from_spool)
                 return
             record = batch[0]
-            self._counters.reject(R_DB_REFUSED)
+            self._counters.reject(exc.reason)
             logger.error(
                 "write-back: the database refused the record of span %s for message %s (%s); "
                 "rejected and kept in the ledger as %s",
@@ -779,13 +778,9 @@ class WritebackSpanProcessor(SpanProcessor):
                 self._store.mark([record], STATUS_REJECTED)
             return
         self._counters.add("applied", len(result.applied))
-        if result.mismatched:
-            self._counters.add("conversation_mismatches", result.mismatched)
-            logger.warning(
-                "write-back: %d span(s) named another conversation than their message row; "
-                "the row's conversation was used",
-                result.mismatched,
-            )
+        for reason, amount in result.rejections.items():  # each already logged by the store
+            self._counters.reject(reason, amount)
+        self._counters.add("aggregate_drift", result.drifted)
         if result.orphaned:
             self._counters.add("orphaned", len(result.orphaned))
             logger.warning(

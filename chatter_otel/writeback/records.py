@@ -75,6 +75,9 @@ class TurnRecord:
     response_time_ms: int | None
     end_ns: int
     """When the owner span ended (ns since the epoch): the origin of the message time-to-live."""
+    user_id: str | None = None
+    """From ``chatter.user.id`` when the owner span had it: the message's conversation must
+    belong to this user, or the record is rejected."""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -98,6 +101,7 @@ class TurnRecord:
                 "last_call_end_ns": self.last_call_end_ns,
                 "response_time_ms": self.response_time_ms,
                 "end_ns": self.end_ns,
+                **({} if self.user_id is None else {"user_id": self.user_id}),
             },
             separators=(",", ":"),
             ensure_ascii=True,
@@ -132,6 +136,7 @@ class TurnRecord:
             last_call_end_ns=data["last_call_end_ns"],
             response_time_ms=data["response_time_ms"],
             end_ns=data["end_ns"],
+            user_id=data.get("user_id"),
         )
         record.validate(max_lengths)
         return record
@@ -144,6 +149,8 @@ class TurnRecord:
             raise ValueError("bad message id")
         if self.conversation_id is not None and not is_ulid(self.conversation_id):
             raise ValueError("bad conversation id")
+        if self.user_id is not None and not is_ulid(self.user_id):
+            raise ValueError("bad user id")
         if self.kind not in (KIND_TURN, KIND_LATE):
             raise ValueError("bad kind")
         for count in (self.prompt_tokens, self.completion_tokens, self.total_tokens):

@@ -54,6 +54,8 @@ class WritebackStats:
     """Owner spans whose conversation id differs from the message row's (the row wins)."""
     db_errors: int = 0
     """Failed database transactions (each is retried)."""
+    aggregate_drift: int = 0
+    """Conversations whose stored totals differed from their messages, repaired on write."""
     lost: int = 0
     """Records that could be neither written nor spooled (logged as errors)."""
     throttled: int = 0
@@ -86,6 +88,7 @@ _FIELDS = (
     "traces_evicted",
     "conversation_mismatches",
     "db_errors",
+    "aggregate_drift",
     "lost",
     "throttled",
 )
@@ -124,6 +127,11 @@ class Counters:
             unit="{record}",
             description="Records written to the local spool",
         )
+        self._drift = meter.create_counter(
+            c.METRIC_WRITEBACK_AGGREGATE_DRIFT,
+            unit="{conversation}",
+            description="Conversations whose stored totals differed from their messages",
+        )
         meter.create_observable_gauge(
             c.METRIC_WRITEBACK_QUEUE_SIZE,
             callbacks=[self._observe_queue],
@@ -151,6 +159,8 @@ class Counters:
             self._orphaned.add(amount)
         elif name == "spooled":
             self._spooled.add(amount)
+        elif name == "aggregate_drift":
+            self._drift.add(amount)
 
     def reject(self, reason: str, amount: int = 1) -> None:
         with self._lock:
