@@ -54,8 +54,16 @@ def cmd_check_config(_args: argparse.Namespace) -> int:
         Pricing(config.prices_file)
     except PricingError as exc:
         return _fatal(f"invalid CHATTER_OTEL_PRICES_FILE={str(config.prices_file)!r}: {exc}")
+    spool = None
+    if config.writeback_enabled and config.writeback_url:
+        from chatter_otel.writeback.spool_dir import resolve
+
+        # An unusable spool directory stops start-up: say so here too (raises ConfigError).
+        spool = resolve(config.writeback_spool_path, config.writeback_url, create=False)
     print("chatter-otel configuration (effective):")
     for key, value in config.describe().items():
+        if key == "writeback_spool_path" and spool is not None:
+            value = str(spool)
         print(f"  {key:32} {value}")
     print("service:")
     for key, value in settings.model_dump().items():

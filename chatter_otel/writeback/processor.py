@@ -234,11 +234,17 @@ class WritebackSpanProcessor(SpanProcessor):
         self._written_seq = 0
         self._failed_seq = 0
         self._db_failing = False
+        self._store = Store(self._url, self._mapping, connect_timeout=self._connect_timeout)
+        store = self._store
         self._spool = Spool(
-            self._spool_dir, seal_after=self._flush_interval, fallback=self._spool_fallback
+            self._spool_dir,
+            seal_after=self._flush_interval,
+            fallback=self._spool_fallback,
+            url=self._url,
+            database=lambda: store.identity,
+            on_reject=self._counters.reject,
         )
         self._claim: Claim | None = None
-        self._store = Store(self._url, self._mapping, connect_timeout=self._connect_timeout)
         self._assembler = Assembler(
             pricing=self._pricing,
             counters=self._counters,
