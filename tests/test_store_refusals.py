@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,32 @@ def test_a_span_naming_a_message_of_another_user_is_rejected(
     assert t.provider.force_flush(10_000)
     assert message(pg_url, victim_mid)["total_tokens"] == 4
     assert aggregates_exact(pg_url) == []
+
+
+def test_row_level_security_refusing_one_conversation_stops_only_its_record(
+    pg_url: URL, pg_server_url: URL, make_writeback: Factory
+) -> None:
+    healthy = seed(pg_url, conversations=2, messages=3)
+    poison = seed(pg_url, conversations=1, messages=1)
+    role = f"chatter_otel_t_{uuid.uuid4().hex[:8]}"
+    _execute(
+        pg_url,
+        f"CREATE ROLE {role} LOGIN",
+        f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}",
+        f'GRANT CREATE ON DATABASE "{pg_url.database}" TO {role}',
+        "ALTER TABLE messages ENABLE ROW LEVEL SECURITY",
+        "CREATE POLICY readable ON messages FOR SELECT USING (true)",
+        "CREATE POLICY frozen ON messages FOR UPDATE USING (true) "
+        f"WITH CHECK (conversation_id <> '{poison.conversations[0]}')",
+    )
+    try:
+        t = make_writeback(pg_url.set(username=role))
+        expected = _turns(t, healthy, poison)
+        assert t.provider.force_flush(10_000)
+        assert {mid: message(pg_url, mid)["total_tokens"] for mid in expected} == expected
+        assert message(pg_url, poison.all_messages[0])["total_tokens"] is None
+        assert t.processor.stats.rejected == {"database_refused": 1}
+        t.provider.shutdown()
+    finally:
+        _execute(pg_url, f"REASSIGN OWNED BY {role} TO postgres", f"DROP OWNED BY {role}")
+        _execute(pg_server_url, f"DROP ROLE {role}")
