@@ -14,9 +14,11 @@ every record alike: rejecting them one by one would drop them all).
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import Any, Final
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
 
 R_DB_REFUSED: Final = "database_refused"
 """Reason of a record the database refused (bounded metric label)."""
@@ -101,3 +103,30 @@ def classify(exc: BaseException) -> TransientError | PermanentError:
 def first_line(exc: BaseException) -> str:
     text_ = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text_[0] if text_ else ''}"[:500]
+
+
+def each_or_all(
+    conn: Connection, run: Callable[[list[Any]], None], items: list[Any]
+) -> Iterator[tuple[Any, Exception]]:
+    """Runs ``run(items)`` in a savepoint; when the database refuses it, runs it for each
+    item in its own savepoint and yields the items it refuses, with the error (the others
+    are done). Outages propagate. One statement in the common case, one per item only when
+    something is refused."""
+    try:
+        with conn.begin_nested():
+            run(items)
+        return
+    except Exception as exc:
+        if not is_refusal(exc):
+            raise
+        if len(items) == 1:
+            yield items[0], exc
+            return
+    for item in items:
+        try:
+            with conn.begin_nested():
+                run([item])
+        except Exception as exc:
+            if not is_refusal(exc):
+                raise
+            yield item, exc

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -33,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Final
 
 from chatter_otel.writeback import spool_dir
 from chatter_otel.writeback.records import TurnRecord
@@ -54,27 +52,6 @@ R_SPOOL_UNTRUSTED: Final = "spool_file_untrusted"
 """A spool file not private to this user (planted, or made readable): never read."""
 R_SPOOL_OTHER_DATABASE: Final = "spool_other_database"
 """Records of a spool file bound to another database: left for that database's writer."""
-_HEADER_KEY: Final = "chatter_otel_spool"
-
-
-def _identity_digest(identity: str | None) -> str | None:
-    return None if identity is None else hashlib.sha256(identity.encode()).hexdigest()[:32]
-
-
-def _header(target: str | None, database: str | None) -> bytes:
-    header = {_HEADER_KEY: 1, "target": target, "database": _identity_digest(database)}
-    return (json.dumps(header, separators=(",", ":")) + "\n").encode("ascii")
-
-
-def _parse_header(line: bytes) -> dict[str, Any] | None:
-    """The header's fields, or None when the line is a record (a file of an older version)."""
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None
-    if isinstance(data, dict) and data.get(_HEADER_KEY) == 1:
-        return data
-    return None
 
 
 class _File:
@@ -94,7 +71,7 @@ class Claim:
         self.path = path
         self._handle = handle
         first = handle.readline()
-        self._offset = len(first) if _parse_header(first) is not None else 0
+        self._offset = len(first) if spool_dir.parse_header(first) is not None else 0
         self.exhausted = False
 
     def read(
@@ -252,7 +229,7 @@ class Spool:
         tmp = directory / (name + ".tmp")
         handle = os.fdopen(spool_dir.create_file(tmp), "ab")  # kept open (and locked)
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        handle.write(_header(self._target, self._database()))
+        handle.write(spool_dir.header(self._target, self._database()))
         final = directory / (name + SUFFIX)
         os.rename(tmp, final)
         with contextlib.suppress(OSError):
@@ -342,12 +319,12 @@ class Spool:
         why not ("" when not yet: this writer does not know its database yet)."""
         if self._target is None:
             return None
-        header = _parse_header(first)
+        header = spool_dir.parse_header(first)
         if header is None:  # written before files had headers: bound by the directory name
             legacy_ok = self.directory.name == self._url_digest
             return None if legacy_ok else "it was written by an older version elsewhere"
         if header.get("database") is not None:
-            mine = _identity_digest(self._database())
+            mine = spool_dir.identity_digest(self._database())
             if mine is None:
                 return ""
             return None if header["database"] == mine else "it belongs to another database"

@@ -1,4 +1,4 @@
-"""Where the spool lives, and why its files can be trusted.
+"""Where the spool lives, why its files can be trusted, and which database they are for.
 
 A spool file is replayed into the database as if it were the processor's own memory, so a
 file another local user can plant or alter would let them write any number into any
@@ -8,17 +8,20 @@ created 0600 with ``O_EXCL | O_NOFOLLOW``, and a file is replayed only if it is 
 file owned by this user that nobody else can read or write. The fallback under the shared
 temporary directory gets no benefit of the doubt: if it exists with another owner or mode,
 start-up stops with one line instead of using it.
+
+Every file starts with a header line binding it to one database (see :mod:`.spool`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from chatter_otel import dburl
 from chatter_otel.config import ConfigError
@@ -27,6 +30,7 @@ VARIABLE: Final = "CHATTER_OTEL_WRITEBACK_SPOOL"
 PRIVATE_DIR: Final = 0o700
 PRIVATE_FILE: Final = 0o600
 _OPEN_FLAGS: Final = os.O_NOFOLLOW | os.O_CLOEXEC
+_HEADER_KEY: Final = "chatter_otel_spool"
 
 
 class UnsafeSpool(OSError):
@@ -186,3 +190,26 @@ def resolve(configured: Path | None, url: str | object, *, create: bool) -> Path
         except OSError as exc:
             problem = str(exc) if isinstance(exc, UnsafeSpool) else f"{exc.strerror}: {directory}"
     raise config_error(candidates[-1], problem)
+
+
+# --- the header line binding a spool file to its database ----------------------------------
+
+
+def identity_digest(identity: str | None) -> str | None:
+    return None if identity is None else hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def header(target: str | None, database: str | None) -> bytes:
+    fields = {_HEADER_KEY: 1, "target": target, "database": identity_digest(database)}
+    return (json.dumps(fields, separators=(",", ":")) + "\n").encode("ascii")
+
+
+def parse_header(line: bytes) -> dict[str, Any] | None:
+    """The header's fields, or None when the line is a record (a file of an older version)."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(data, dict) and data.get(_HEADER_KEY) == 1:
+        return data
+    return None

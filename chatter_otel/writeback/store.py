@@ -50,8 +50,8 @@ from chatter_otel.writeback.dberrors import (
     PermanentError,
     TransientError,
     classify,
+    each_or_all,
     first_line,
-    is_refusal,
     sqlstate,
 )
 from chatter_otel.writeback.ledger import (
@@ -378,7 +378,7 @@ class Store:
     ) -> None:
         keys = ("id", "meta_set") if self.postgres else ("id", "meta_set", "meta_patch")
         rows = [{k: u[k] for k in keys} for u in updates]
-        for failed, exc in self._each_or_all(
+        for failed, exc in each_or_all(
             conn, lambda part: self._rows(conn, self.sql.merge_metadata, part), rows
         ):
             logger.error(
@@ -399,7 +399,7 @@ class Store:
         def update(part: list[str]) -> None:
             conn.execute(self.sql.update_conversations, {"ids": part})
 
-        for failed, exc in self._each_or_all(conn, update, conversation_ids):
+        for failed, exc in each_or_all(conn, update, conversation_ids):
             state = sqlstate(exc) or ""
             out_of_range = state == "22003" or "out of range" in str(exc)
             logger.error(
@@ -411,31 +411,6 @@ class Store:
             result.count(R_AGGREGATE_OUT_OF_RANGE if out_of_range else R_AGGREGATE_REFUSED)
             refused.append(failed)
         return refused
-
-    def _each_or_all(
-        self, conn: Connection, run: Callable[[list[Any]], None], items: list[Any]
-    ) -> Iterator[tuple[Any, Exception]]:
-        """Runs ``run(items)`` in a savepoint; when the database refuses it, runs it for each
-        item in its own savepoint and yields the items it refuses, with the error. Outages
-        propagate."""
-        try:
-            with conn.begin_nested():
-                run(items)
-            return
-        except Exception as exc:
-            if not is_refusal(exc):
-                raise
-            if len(items) == 1:
-                yield items[0], exc
-                return
-        for item in items:
-            try:
-                with conn.begin_nested():
-                    run([item])
-            except Exception as exc:
-                if not is_refusal(exc):
-                    raise
-                yield item, exc
 
     def _insert(self, conn: Connection, statement: TextClause, rows: list[dict[str, Any]]) -> None:
         if self.postgres:
