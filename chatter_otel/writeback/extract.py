@@ -74,6 +74,7 @@ R_TOKENS_NOT_FINITE: Final = "tokens_not_finite"
 R_COST: Final = "cost_invalid"
 R_MESSAGE_ID: Final = "message_id_invalid"
 R_CONVERSATION_ID: Final = "conversation_id_invalid"
+R_USER_ID: Final = "user_id_invalid"
 R_TEXT: Final = "text_invalid"
 R_TIMES: Final = "span_times_invalid"
 
@@ -134,6 +135,8 @@ class Owner:
     conversation_id: str | None
     start_ns: int
     end_ns: int
+    user_id: str | None = None
+    """From ``chatter.user.id``: the message's conversation must belong to this user."""
 
 
 def attributes_of(span: ReadableSpan) -> Mapping[str, Any]:
@@ -369,6 +372,13 @@ def read_owner(span: ReadableSpan, attrs: Mapping[str, Any], reject: Reject) -> 
             conversation_id = str(raw)
         else:
             reject(R_CONVERSATION_ID)
+    user_id: str | None = None
+    raw = attrs.get(c.CHATTER_USER_ID)
+    if raw is not None:
+        if is_ulid(raw):
+            user_id = str(raw)
+        else:
+            reject(R_USER_ID)
     start, end = span.start_time or 0, span.end_time or 0
     if start <= 0 or end < start:
         reject(R_TIMES)
@@ -379,4 +389,5 @@ def read_owner(span: ReadableSpan, attrs: Mapping[str, Any], reject: Reject) -> 
         conversation_id=conversation_id,
         start_ns=start,
         end_ns=end,
+        user_id=user_id,
     )
