@@ -22,6 +22,16 @@ from sqlalchemy.engine import Connection
 
 R_DB_REFUSED: Final = "database_refused"
 """Reason of a record the database refused (bounded metric label)."""
+R_CONVERSATION_MISMATCH: Final = "conversation_mismatch"
+"""A span named a message of another conversation than the one it named: not applied."""
+R_USER_MISMATCH: Final = "user_mismatch"
+"""A span named a message of a conversation of another user than the one it named."""
+R_METADATA_UNMERGEABLE: Final = "metadata_unmergeable"
+"""A message's ``extra_metadata`` could not be merged (its usage columns were written)."""
+R_AGGREGATE_OUT_OF_RANGE: Final = "aggregate_out_of_range"
+"""A conversation's totals do not fit its columns: left as they were (messages written)."""
+R_AGGREGATE_REFUSED: Final = "aggregate_refused"
+"""The database refused a conversation's totals otherwise (trigger, policy, privilege)."""
 
 _TRANSIENT_CLASSES: Final = frozenset(
     {

@@ -153,12 +153,12 @@ class Spool:
             spool_dir.prepare(directory)
         except OSError as exc:
             if fallback is None or fallback == directory:
-                raise spool_dir.config_error(directory, _problem(exc)) from None
+                raise spool_dir.config_error(directory, spool_dir.problem(exc)) from None
             logger.warning("spool directory %s unusable (%s): using %s", directory, exc, fallback)
             try:
                 spool_dir.prepare(fallback)
             except OSError as exc2:
-                raise spool_dir.config_error(fallback, _problem(exc2)) from None
+                raise spool_dir.config_error(fallback, spool_dir.problem(exc2)) from None
             directory, fallback = fallback, None
         self.directory = directory
         self._fallback = fallback
@@ -406,9 +406,3 @@ class _OwnClaim(Claim):
         with contextlib.suppress(OSError):
             self._handle.close()
         self._spool._return(self._own)
-
-
-def _problem(exc: OSError) -> str:
-    if isinstance(exc, UnsafeSpool):
-        return str(exc)
-    return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")

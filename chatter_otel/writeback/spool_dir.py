@@ -164,12 +164,19 @@ def open_trusted(path: Path) -> int:
     return fd
 
 
-def config_error(directory: Path, problem: str) -> ConfigError:
+def problem(exc: OSError) -> str:
+    """What is wrong with a spool directory, in a few words."""
+    if isinstance(exc, UnsafeSpool):
+        return str(exc)
+    return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+
+
+def config_error(directory: Path, why: str) -> ConfigError:
     return ConfigError(
         VARIABLE,
         str(directory),
         f"a private spool directory (a real directory owned by uid {os.geteuid()}, writable "
-        f"by nobody else); {problem}",
+        f"by nobody else); {why}",
     )
 
 
@@ -182,14 +189,14 @@ def resolve(configured: Path | None, url: str | object, *, create: bool) -> Path
     candidates = [configured] if configured is not None else [default_spool_dir(url)]
     if configured is None and candidates[0] != fallback_spool_dir(url):
         candidates.append(fallback_spool_dir(url))
-    problem = ""
+    why = ""
     for directory in candidates:
         try:
             (prepare if create else check)(directory)
             return directory
         except OSError as exc:
-            problem = str(exc) if isinstance(exc, UnsafeSpool) else f"{exc.strerror}: {directory}"
-    raise config_error(candidates[-1], problem)
+            why = str(exc) if isinstance(exc, UnsafeSpool) else f"{exc.strerror}: {directory}"
+    raise config_error(candidates[-1], why)
 
 
 # --- the header line binding a spool file to its database ----------------------------------

@@ -37,16 +37,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import (
-    create_engine,
-    event,
-    text,
-)
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.sql.elements import TextClause
 
 from chatter_otel import dburl
 from chatter_otel.writeback.dberrors import (
+    R_AGGREGATE_OUT_OF_RANGE,
+    R_AGGREGATE_REFUSED,
+    R_CONVERSATION_MISMATCH,
+    R_METADATA_UNMERGEABLE,
+    R_USER_MISMATCH,
     PermanentError,
     TransientError,
     classify,
@@ -86,17 +87,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("chatter_otel.writeback")
-
-R_CONVERSATION_MISMATCH: Final = "conversation_mismatch"
-"""A span named a message of another conversation than the one it named: not applied."""
-R_USER_MISMATCH: Final = "user_mismatch"
-"""A span named a message of a conversation of another user than the one it named."""
-R_METADATA_UNMERGEABLE: Final = "metadata_unmergeable"
-"""A message's ``extra_metadata`` could not be merged (its usage columns were written)."""
-R_AGGREGATE_OUT_OF_RANGE: Final = "aggregate_out_of_range"
-"""A conversation's totals do not fit its columns: left as they were (messages written)."""
-R_AGGREGATE_REFUSED: Final = "aggregate_refused"
-"""The database refused a conversation's totals otherwise (trigger, policy, privilege)."""
 
 # Key of the PostgreSQL advisory lock taken while creating the ledger (any constant works).
 _DDL_LOCK_KEY: Final = 0x43_48_41_54_57_42  # "CHATWB"

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chatter_otel.config import ConfigError
 from chatter_otel.writeback.buffer import FlushRequest, RecordBuffer
 from chatter_otel.writeback.journal import Journal
 from chatter_otel.writeback.records import TurnRecord
@@ -37,6 +36,11 @@ from chatter_otel.writeback.stats import Counters
 from chatter_otel.writeback.store import STATUS_REJECTED, PermanentError, Store, TransientError
 
 logger = logging.getLogger("chatter_otel.writeback")
+
+
+class _LedgerRefused(Exception):
+    """The database refuses to create or check the ledger: a configuration error, not an
+    outage (retrying soon cannot help) and not a record's fault (bisecting cannot help)."""
 
 
 _suppress: Callable[[], contextlib.AbstractContextManager[None]] | None
@@ -151,11 +155,16 @@ class Writer:
                 # one) until its deadline; the records stay queued.
                 request.complete(f"database unavailable ({exc})")
             return
-        except ConfigError as exc:
-            logger.error("write-back: %s; retrying in %.0f s", exc, self._t.backoff[1])
+        except _LedgerRefused as exc:
+            logger.error(
+                "write-back: the database refused to set up the ledger (%s): a configuration "
+                "error (the database user's privileges?); trying again in %.0f s",
+                exc,
+                self._t.backoff[1],
+            )
             self._pause(self._t.backoff[1])
             for request in flushes:
-                request.complete(f"configuration error ({exc})")
+                request.complete(f"ledger refused by the database ({exc})")
             return
         except Exception as exc:
             logger.exception("write-back writer error (continuing)")
@@ -218,7 +227,7 @@ class Writer:
             try:
                 self._store.ensure_schema()
             except PermanentError as exc:  # refused, not unreachable: bisecting cannot help
-                raise ConfigError(f"the database refused the write-back's ledger: {exc}") from exc
+                raise _LedgerRefused(str(exc)) from exc
         with self._buffer.cond:
             # A flush tries every waiting record once, whether or not it is due.
             forced = len(self._buffer.waiting) if flushing else 0
