@@ -130,10 +130,12 @@ def test_two_databases_sharing_a_spool_directory_do_not_swap_records(
         assert [message(copy, mid)["total_tokens"] for mid in mids] == [4] + [None] * 5
         assert stage.processor.stats.rejected == {"spool_other_database": 5}
         assert stage.processor.stats.applied == 1
+        stage.provider.shutdown()  # its journal goes: every record of it was written
         assert len(list((tmp_path / "spool").glob("*.jsonl"))) == 1  # left for production
         proxy.up()
         again = make_writeback(url)
         assert wait_until(lambda: again.processor.stats.applied == 5, timeout=10)
+        again.provider.shutdown()
     assert [message(production, mid)["total_tokens"] for mid in mids] == [2, 11, 12, 13, 14, 15]
     assert list((tmp_path / "spool").glob("*.jsonl")) == []
 
