@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from chatter_otel import conventions as c
+from chatter_otel.writeback.mapping import WritebackMapping
 from tests._faults import TcpProxy, via
 from tests.test_writeback_support import (
     Tracing,
@@ -281,3 +282,23 @@ def test_row_level_security_refusing_one_conversation_stops_only_its_record(
     finally:
         _execute(pg_url, f"REASSIGN OWNED BY {role} TO postgres", f"DROP OWNED BY {role}")
         _execute(pg_server_url, f"DROP ROLE {role}")
+
+
+def test_a_ledger_the_database_refuses_to_set_up_is_a_configuration_error_not_a_rejection(
+    pg_url: URL, make_writeback: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mapped column the table lacks: nothing is bisected or rejected, the records wait
+    for the configuration to be fixed, and the log says what the database refused."""
+    data = seed(pg_url, conversations=1, messages=1)
+    t = make_writeback(pg_url, mapping=WritebackMapping(message_model="no_such_column"))
+    simple_turn(t.tracer, data.all_messages[0], data.conversations[0], [(3, 4)])
+    with caplog.at_level(logging.ERROR, logger="chatter_otel.writeback"):
+        assert not t.provider.force_flush(5_000)
+    lines = [r for r in caplog.records if "refused to set up the ledger" in r.getMessage()]
+    assert len(lines) == 1
+    assert "no_such_column" in lines[0].getMessage()
+    assert lines[0].exc_info is None  # one line, no traceback
+    assert t.processor.stats.rejected == {}
+    assert t.processor.stats.applied == 0
+    assert t.processor.stats.lost == 0
+    assert message(pg_url, data.all_messages[0])["total_tokens"] is None
