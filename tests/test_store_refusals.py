@@ -302,3 +302,20 @@ def test_a_ledger_the_database_refuses_to_set_up_is_a_configuration_error_not_a_
     assert t.processor.stats.applied == 0
     assert t.processor.stats.lost == 0
     assert message(pg_url, data.all_messages[0])["total_tokens"] is None
+
+
+def test_a_rejected_record_leaves_the_journal_so_no_later_process_replays_it(
+    pg_url: URL, make_writeback: Factory, tmp_path: Path
+) -> None:
+    victim = seed(pg_url, conversations=1, messages=1)
+    attacker = seed(pg_url, conversations=1, messages=1)
+    t = make_writeback(pg_url)
+    simple_turn(t.tracer, victim.all_messages[0], attacker.conversations[0], [(5, 5)])
+    assert t.provider.force_flush(10_000)
+    assert t.processor.stats.rejected == {"conversation_mismatch": 1}
+    t.provider.shutdown()
+    assert list((tmp_path / "spool").glob("*.jsonl")) == []
+    later = make_writeback(pg_url)
+    assert later.provider.force_flush(10_000)
+    assert later.processor.stats.replayed == 0
+    assert later.processor.stats.rejected == {}
