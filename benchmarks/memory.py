@@ -322,11 +322,12 @@ def run(options: Options) -> Section:
         expected = {turn(i).message_id: total_tokens(i) for i in range(n_turns)}
         wrong = _db.mismatches(db, expected) if flow.recovered else -1
         ledger = _db.scalar(
-            db, "SELECT COUNT(*) FROM chatter_otel_writeback_ledger WHERE status = 'applied'"
+            db,
+            "SELECT COUNT(*) FROM chatter_otel.chatter_otel_writeback_ledger WHERE status = 'applied'",
         )
         ledger_dupes = _db.scalar(
             db,
-            "SELECT COUNT(*) FROM (SELECT message_id FROM chatter_otel_writeback_ledger "
+            "SELECT COUNT(*) FROM (SELECT message_id FROM chatter_otel.chatter_otel_writeback_ledger "
             "GROUP BY message_id HAVING COUNT(*) > 1) d",
         )
     default_flow: Flow | None = None

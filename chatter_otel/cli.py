@@ -71,8 +71,16 @@ def cmd_check_config(_args: argparse.Namespace) -> int:
         Pricing(config.prices_file)
     except PricingError as exc:
         return _fatal(f"invalid CHATTER_OTEL_PRICES_FILE={str(config.prices_file)!r}: {exc}")
+    spool = None
+    if config.writeback_enabled and config.writeback_url:
+        from chatter_otel.writeback.spool_dir import resolve
+
+        # An unusable spool directory stops start-up: say so here too (raises ConfigError).
+        spool = resolve(config.writeback_spool_path, config.writeback_url, create=False)
     print("chatter-otel configuration (effective):")
     for key, value in config.describe().items():
+        if key == "writeback_spool_path" and spool is not None:
+            value = str(spool)
         print(f"  {key:32} {value}")
     print(config.writeback_status())
     if importlib.util.find_spec("pydantic_settings") is None:
@@ -125,6 +133,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(config, settings, turns=args.turns))
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from chatter_otel.writeback.reconcile import StderrProgress, describe, reconcile
+
+    config = TelemetryConfig.from_env()
+    if config.writeback_url is None:
+        return _fatal("reconcile needs CHATTER_OTEL_WRITEBACK_URL or DATABASE_URL")
+    progress = StderrProgress()
+    try:
+        report = reconcile(
+            config.writeback_url,
+            dry_run=args.dry_run,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    for line in describe(report, dry_run=args.dry_run):
+        print(line)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chatter-otel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.set_defaults(func=cmd_demo)
     check = sub.add_parser("check-config", help="validate the environment, print the configuration")
     check.set_defaults(func=cmd_check_config)
+    rec = sub.add_parser(
+        "reconcile", help="recompute every conversation's totals from its messages"
+    )
+    rec.add_argument("--dry-run", action="store_true", help="only report what would change")
+    rec.add_argument("--batch-size", type=int, default=500, help="conversations per transaction")
+    rec.set_defaults(func=cmd_reconcile)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -39,7 +39,7 @@ from tests.conftest import create_private_database
 from tests.test_writeback_support import aggregates_exact, engine_for, price
 
 REPO = Path(__file__).resolve().parent.parent
-LEDGER = "chatter_otel_writeback_ledger"
+LEDGER = "chatter_otel.chatter_otel_writeback_ledger"
 ECHO_MODEL = "offline-echo-1"
 HISTORY_LIMIT = 20
 """chatter_otel.service.chat.HISTORY_LIMIT: messages the offline model sees per turn."""
@@ -1045,7 +1045,10 @@ def assistant_without_usage(url: URL) -> int:
 
 
 def spool_records(directory: Path) -> int:
-    """Records waiting in spool files (lines of ``*.jsonl``)."""
+    """Records waiting in spool files (lines of ``*.jsonl`` but their header lines)."""
     if not directory.exists():
         return 0
-    return sum(p.read_bytes().count(b"\n") for p in directory.glob("*.jsonl"))
+    return sum(
+        sum(1 for line in p.read_bytes().splitlines() if b'"chatter_otel_spool"' not in line)
+        for p in directory.glob("*.jsonl")
+    )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -89,3 +90,33 @@ def pg() -> Iterator[PgCluster]:
 
     with throwaway_postgres() as cluster:
         yield cluster
+
+
+@pytest.fixture
+def make_writeback(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``make_writeback(url, **options)``: a write-back processor on ``url`` with fast timings
+    (a flush interval of 0.05 s, a spool under ``tmp_path``) behind its own TracerProvider
+    (a ``tests.test_writeback_support.Tracing``); all are shut down afterwards."""
+    from chatter_otel.pricing import Pricing
+    from chatter_otel.writeback import WritebackSpanProcessor
+    from tests.test_writeback_support import Tracing, tracing
+
+    made: list[Tracing] = []
+    pricing = Pricing()
+
+    def factory(url: URL | str, **kwargs: Any) -> Tracing:
+        options: dict[str, Any] = {
+            "pricing": pricing,
+            "flush_interval": 0.05,
+            "late_span_grace": 0.05,
+            "spool_path": tmp_path / "spool",
+            "backoff": (0.02, 0.2),
+        }
+        options.update(kwargs)
+        t = tracing(WritebackSpanProcessor(url, **options))
+        made.append(t)
+        return t
+
+    yield factory
+    for t in made:
+        t.provider.shutdown()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,12 +21,13 @@ from opentelemetry.sdk.trace import sampling as sdk_sampling
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.util.types import AttributeValue
 from sqlalchemy import text
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from chatter_otel import conventions as c
 from chatter_otel.pricing import Pricing
 from chatter_otel.service.models import new_ulid
 from chatter_otel.writeback import AlwaysRecordSampler, WritebackMapping, WritebackSpanProcessor
+from tests._faults import TcpProxy, via
 from tests.test_writeback_support import (
     ECHO,
     OFFLINE,
@@ -35,6 +38,7 @@ from tests.test_writeback_support import (
     conversation,
     engine_for,
     genai_attrs,
+    ledger_name,
     ledger_rows,
     message,
     node,
@@ -749,35 +753,53 @@ def test_a_flush_names_the_message_row_it_waits_for(db_url: URL, make: Factory) 
 # --- database unavailable, spool ------------------------------------------------------------
 
 
-def _unreachable(db_url: URL, tmp_path: Path) -> str:
+@contextlib.contextmanager
+def _outage(db_url: URL, tmp_path: Path) -> Iterator[tuple[str, Callable[[], URL]]]:
+    """A URL whose database is unreachable until ``restore()``, which returns the URL to
+    read it through afterwards. The same URL before and after, as for a real outage:
+    spooled records are bound to the database their URL names."""
     if db_url.get_backend_name() == "sqlite":
-        return f"sqlite:///{tmp_path}/no/such/dir/chatter.db"
-    import socket
+        moved = tmp_path / "moved" / "chatter.db"  # its directory does not exist yet
 
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return db_url.set(port=port).render_as_string(hide_password=False)
+        def restore_file() -> URL:
+            moved.parent.mkdir()
+            shutil.move(str(db_url.database), moved)
+            return make_url(f"sqlite:///{moved}")
+
+        yield f"sqlite:///{moved}", restore_file
+        return
+    with TcpProxy(db_url.port or 5432) as proxy:
+        proxy.down()
+
+        def restore_proxy() -> URL:
+            proxy.up()
+            return db_url
+
+        yield via(db_url, proxy.port).render_as_string(hide_password=False), restore_proxy
 
 
 def test_spool_survives_a_restart(db_url: URL, make: Factory, tmp_path: Path) -> None:
     rows = seed(db_url, conversations=3, messages=20)
-    down = make(_unreachable(db_url, tmp_path), max_queue=10, connect_timeout=1)
-    expected = 0
-    for cid, mids in rows.messages.items():
-        for index, mid in enumerate(mids):
-            simple_turn(down.tracer, mid, cid, [(index, 1), (1, 1)])
-            expected += index + 3
-    assert wait_until(lambda: down.processor.stats.db_errors > 0 and down.processor.stats.spooled)
-    assert down.processor.stats.queue_size <= 10 + 500
-    down.provider.shutdown()  # database still down: everything ends up in the spool
-    stats = down.processor.stats
-    assert stats.spooled == 60 and stats.lost == 0 and stats.applied == 0
-    assert len(list((tmp_path / "spool").glob("*.jsonl"))) >= 1
+    with _outage(db_url, tmp_path) as (url, restore):
+        down = make(url, max_queue=10, connect_timeout=1)
+        expected = 0
+        for cid, mids in rows.messages.items():
+            for index, mid in enumerate(mids):
+                simple_turn(down.tracer, mid, cid, [(index, 1), (1, 1)])
+                expected += index + 3
+        assert wait_until(
+            lambda: down.processor.stats.db_errors > 0 and down.processor.stats.spooled
+        )
+        assert down.processor.stats.queue_size <= 10 + 500
+        down.provider.shutdown()  # database still down: everything ends up in the spool
+        stats = down.processor.stats
+        assert stats.spooled == 60 and stats.lost == 0 and stats.applied == 0
+        assert len(list((tmp_path / "spool").glob("*.jsonl"))) >= 1
 
-    up = make()  # same spool directory, database reachable: replays on start
-    assert wait_until(lambda: up.processor.stats.applied == 60, timeout=20)
-    assert flush(up)
+        db_url = restore()
+        up = make(url)  # same spool directory, database reachable: replays on start
+        assert wait_until(lambda: up.processor.stats.applied == 60, timeout=20)
+        assert flush(up)
     assert list((tmp_path / "spool").glob("*.jsonl")) == []
     assert sum(conversation(db_url, cid)["total_tokens"] for cid in rows.conversations) == expected
     assert aggregates_exact(db_url) == []
@@ -788,17 +810,22 @@ def test_corrupt_spool_lines_are_skipped_and_counted(
 ) -> None:
     rows = seed(db_url, messages=1)
     cid = rows.conversations[0]
-    down = make(_unreachable(db_url, tmp_path), connect_timeout=1)
-    simple_turn(down.tracer, rows.messages[cid][0], cid, [(4, 4)])
-    down.provider.shutdown()
-    (spooled,) = (tmp_path / "spool").glob("*.jsonl")
-    good = spooled.read_text()
-    spooled.write_text(
-        '{"v": 1, "trace_id": "nope"}\nnot json\n' + good + good.replace('"calls":1', '"calls":-1')
-    )
-    up = make()
-    assert wait_until(lambda: up.processor.stats.applied == 1)
-    assert flush(up)
+    with _outage(db_url, tmp_path) as (url, restore):
+        down = make(url, connect_timeout=1)
+        simple_turn(down.tracer, rows.messages[cid][0], cid, [(4, 4)])
+        down.provider.shutdown()
+        (spooled,) = (tmp_path / "spool").glob("*.jsonl")
+        header, good = spooled.read_text().split("\n", 1)
+        spooled.write_text(
+            header
+            + '\n{"v": 1, "trace_id": "nope"}\nnot json\n'
+            + good
+            + good.replace('"calls":1', '"calls":-1')
+        )
+        db_url = restore()
+        up = make(url)
+        assert wait_until(lambda: up.processor.stats.applied == 1)
+        assert flush(up)
     assert message(db_url, rows.messages[cid][0])["total_tokens"] == 8
     assert up.processor.stats.rejected == {"spool_line_invalid": 3}
 
@@ -882,7 +909,8 @@ def test_custom_mapping_names_the_ledger(db_url: URL, make: Factory) -> None:
     assert flush(t)
     engine = engine_for(db_url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT COUNT(*) FROM wb_ledger_custom")).scalar() == 1
+        ledger = ledger_name(db_url, "wb_ledger_custom")
+        assert conn.execute(text(f"SELECT COUNT(*) FROM {ledger}")).scalar() == 1
     engine.dispose()
 
 

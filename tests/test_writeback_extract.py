@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ulid import ULID
 
+from chatter_otel.config import ConfigError
 from chatter_otel.service.models import new_ulid
 from chatter_otel.usage import MAX_TOKENS
 from chatter_otel.writeback import TurnRecord, WritebackMapping, extract
@@ -248,9 +249,9 @@ def test_own_spool_is_replayed_and_removed(tmp_path: Path) -> None:
 
 def test_torn_and_invalid_lines_are_counted_not_fatal(tmp_path: Path) -> None:
     good = _record()
-    (tmp_path / "wb-1-dead-000001.jsonl").write_text(
-        good.to_json() + "\n" + "{not json}\n" + good.to_json()[:40]
-    )
+    dead = tmp_path / "wb-1-dead-000001.jsonl"
+    dead.write_text(good.to_json() + "\n" + "{not json}\n" + good.to_json()[:40])
+    dead.chmod(0o600)  # a file of ours, private like every spool file
     reasons: list[str] = []
     assert _read_all(Spool(tmp_path), reasons) == [good]
     assert reasons == ["spool_line_invalid", "spool_line_invalid"]
@@ -285,5 +286,5 @@ def test_unusable_default_spool_directory_falls_back(tmp_path: Path) -> None:
     assert spool.directory == tmp_path / "fallback"
     reasons: list[str] = []
     assert _read_all(spool, reasons) == [record]
-    with pytest.raises(OSError):
-        Spool(blocked / "spool").append([record])  # a configured directory fails loudly
+    with pytest.raises(ConfigError, match="Not a directory"):
+        Spool(blocked / "spool")  # a configured directory fails loudly, at once

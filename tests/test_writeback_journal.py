@@ -11,6 +11,8 @@ from chatter_otel.writeback.journal import Journal
 from chatter_otel.writeback.mapping import WritebackMapping
 from chatter_otel.writeback.records import FIELDS, TurnRecord
 from chatter_otel.writeback.spool import Spool
+from chatter_otel.writeback.spool_dir import parse_header
+from chatter_otel.writeback.statements import LEDGER_TYPES
 from chatter_otel.writeback.store import ledger_table
 
 LIMITS = (100, 100, 100)
@@ -45,6 +47,7 @@ def _on_disk(directory: Path) -> list[TurnRecord]:
         TurnRecord.from_json(line, max_lengths=LIMITS)
         for path in sorted(directory.glob("*.jsonl"))
         for line in path.read_text().splitlines()
+        if parse_header(line.encode()) is None  # the line binding the file to its database
     ]
 
 
@@ -104,16 +107,22 @@ def test_close_deletes_everything_once_settled(tmp_path: Path) -> None:
 
 def test_the_record_layout_is_defined_once() -> None:
     """Every field of a record is in the layout once; the ledger's columns are the layout's
-    plus its own two; the spool's JSON keys are the layout's names."""
+    (all but ``user_id``, checked on write only) plus its own two; the SQL types of a
+    ledger row are the layout's; the spool's JSON keys are the layout's names (an optional
+    field only when set)."""
     assert sorted(f.name for f in FIELDS) == sorted(TurnRecord.__dataclass_fields__)
     table = ledger_table(WritebackMapping())
-    assert [col.name for col in table.columns] == [
-        *[f.column for f in FIELDS[:3]],
-        "status",
-        *[f.column for f in FIELDS[3:]],
-        "applied_at",
+    kept = [f.column for f in FIELDS if f.column is not None]
+    assert [f.name for f in FIELDS if f.column is None] == ["user_id"]
+    assert [col.name for col in table.columns] == [*kept[:3], "status", *kept[3:], "applied_at"]
+    assert list(LEDGER_TYPES) == [*kept[:3], "status", *kept[3:]]
+    assert [LEDGER_TYPES[f.column] for f in FIELDS if f.column is not None] == [
+        f.sql for f in FIELDS if f.column is not None
     ]
-    assert list(json.loads(RECORD.to_json())) == ["v", *[f.name for f in FIELDS]]
+    assert list(json.loads(RECORD.to_json())) == ["v", *[f.name for f in FIELDS if not f.optional]]
+    with_user = replace(RECORD, user_id="01J00000000000000000000001")
+    assert list(json.loads(with_user.to_json())) == ["v", *[f.name for f in FIELDS]]
+    assert TurnRecord.from_json(with_user.to_json(), max_lengths=LIMITS) == with_user
     assert [col.name for col in table.primary_key] == ["trace_id", "span_id"]
     nullable = {col.name for col in table.columns if col.nullable}
     assert nullable == {

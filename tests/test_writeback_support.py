@@ -213,10 +213,16 @@ def aggregates_exact(url: str | URL, *, touched_only: bool = False) -> list[tupl
     return bad
 
 
+def ledger_name(url: str | URL, table: str = "chatter_otel_writeback_ledger") -> str:
+    """The ledger's qualified name: in its own schema on PostgreSQL."""
+    postgres = engine_for(url).dialect.name == "postgresql"
+    return f"chatter_otel.{table}" if postgres else table
+
+
 def ledger_rows(url: str | URL) -> list[Mapping[str, Any]]:
     engine = engine_for(url)
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT * FROM chatter_otel_writeback_ledger")).mappings().all()
+        rows = conn.execute(text(f"SELECT * FROM {ledger_name(url)}")).mappings().all()
     engine.dispose()
     return [dict(r) for r in rows]
 

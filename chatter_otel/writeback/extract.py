@@ -79,6 +79,7 @@ R_TOKENS_NOT_FINITE: Final = "tokens_not_finite"
 R_COST: Final = "cost_invalid"
 R_MESSAGE_ID: Final = "message_id_invalid"
 R_CONVERSATION_ID: Final = "conversation_id_invalid"
+R_USER_ID: Final = "user_id_invalid"
 R_TEXT: Final = "text_invalid"
 R_TIMES: Final = "span_times_invalid"
 R_CALL_ID: Final = "call_id_invalid"
@@ -144,6 +145,8 @@ class Owner:
     end_ns: int
     unbound: bool = False
     """Carries ``chatter.message.unbound``: its message id is given by a bind span."""
+    user_id: str | None = None
+    """From ``chatter.user.id``: the message's conversation must belong to this user."""
 
 
 def attributes_of(span: ReadableSpan) -> Mapping[str, Any]:
@@ -409,6 +412,13 @@ def read_owner(span: ReadableSpan, attrs: Mapping[str, Any], reject: Reject) -> 
     context = span.context
     message_id, conversation_id = read_ids(attrs, reject)
     unbound = c.CHATTER_MESSAGE_ID not in attrs
+    user_id: str | None = None
+    raw = attrs.get(c.CHATTER_USER_ID)
+    if raw is not None:
+        if is_ulid(raw):
+            user_id = str(raw)
+        else:
+            reject(R_USER_ID)
     start, end = span.start_time or 0, span.end_time or 0
     if start <= 0 or end < start:
         reject(R_TIMES)
@@ -420,4 +430,5 @@ def read_owner(span: ReadableSpan, attrs: Mapping[str, Any], reject: Reject) -> 
         start_ns=start,
         end_ns=end,
         unbound=unbound,
+        user_id=user_id,
     )

@@ -35,6 +35,7 @@ class WritebackMapping:
 
     conversations_table: str = "conversations"
     conversation_id: str = "id"
+    conversation_user_id: str = "user_id"
     conversation_total_tokens: str = "total_tokens"
     conversation_total_cost: str = "total_cost"
     conversation_message_count: str = "message_count"
@@ -42,6 +43,9 @@ class WritebackMapping:
 
     ledger_table: str = "chatter_otel_writeback_ledger"
     """The processor's own table (created if missing): one row per applied owner span."""
+    ledger_schema: str = "chatter_otel"
+    """PostgreSQL schema of the ledger (created if missing): the application's migrations
+    never see it. Not used on SQLite."""
 
     model_max_length: int = 100
     provider_max_length: int = 50

@@ -159,13 +159,11 @@ class WritebackSpanProcessor(SpanProcessor):
         self._shutdown = False
         self._counters = Counters(self._meter_provider)
         self._buffer = RecordBuffer(self._max_queue, self._batch_size)
-        self._spool = Spool(
-            self._spool_dir, seal_after=self._flush_interval, fallback=self._spool_fallback
-        )
-        self._journal = Journal(
-            Spool(self._spool_dir, seal_after=float("inf"), fallback=self._spool_fallback)
-        )
+        # The store first: every spool file (the journal's too) is bound to its database,
+        # or the next process would refuse to replay it.
         self._store = Store(self._url, self._mapping, connect_timeout=self._connect_timeout)
+        self._spool = self._new_spool(seal_after=self._flush_interval)
+        self._journal = Journal(self._new_spool(seal_after=float("inf")))
         assembler = Assembler(
             pricing=self._pricing,
             counters=self._counters,
@@ -197,6 +195,19 @@ class WritebackSpanProcessor(SpanProcessor):
         )
         self._worker.thread.start()
         self._writer.thread.start()
+
+    def _new_spool(self, *, seal_after: float) -> Spool:
+        """A spool in the spool directory bound to this database (raises ConfigError when
+        the directory is unusable or not private)."""
+        store = self._store
+        return Spool(
+            self._spool_dir,
+            seal_after=seal_after,
+            fallback=self._spool_fallback,
+            url=self._url,
+            database=lambda: store.identity,
+            on_reject=self._counters.reject,
+        )
 
     def _restart_after_fork(self) -> None:
         # The parent's threads, connections, spool and journal files stay the parent's: new

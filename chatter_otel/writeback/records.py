@@ -80,11 +80,16 @@ class TurnRecord:
     response_time_ms: int | None
     end_ns: int
     """When the owner span ended (ns since the epoch): the origin of the message time-to-live."""
+    user_id: str | None = None
+    """From ``chatter.user.id`` when the owner span had it: the message's conversation must
+    belong to this user, or the record is rejected."""
 
     def to_json(self) -> str:
         data: dict[str, Any] = {"v": 1}
         for spec in FIELDS:
             value = getattr(self, spec.name)
+            if value is None and spec.optional:
+                continue
             data[spec.name] = None if value is None else spec.encode(value)
         return json.dumps(data, separators=(",", ":"), ensure_ascii=True)
 
@@ -100,7 +105,7 @@ class TurnRecord:
             raise ValueError("not a version 1 record")
         values: dict[str, Any] = {}
         for spec in FIELDS:
-            value = data[spec.name]
+            value = data.get(spec.name) if spec.optional else data[spec.name]
             values[spec.name] = None if value is None else spec.decode(value)
         record = cls(**values)
         record.validate(max_lengths)
@@ -114,6 +119,8 @@ class TurnRecord:
             raise ValueError("bad message id")
         if self.conversation_id is not None and not is_ulid(self.conversation_id):
             raise ValueError("bad conversation id")
+        if self.user_id is not None and not is_ulid(self.user_id):
+            raise ValueError("bad user id")
         if self.kind not in (KIND_TURN, KIND_LATE):
             raise ValueError("bad kind")
         for count in (self.prompt_tokens, self.completion_tokens, self.total_tokens):
@@ -147,15 +154,16 @@ class TurnRecord:
 class FieldSpec:
     """One field of :class:`TurnRecord`: its ledger column and its JSON (spool) form.
 
-    The single definition of the record layout: ``store.ledger_table()`` makes the ledger's
-    columns from it, the store's parameters and ``json_to_recordset`` types come from it,
+    The single definition of the record layout: ``ledger.ledger_table()`` makes the ledger's
+    columns from it, ``ledger.ledger_params()`` and ``statements.LEDGER_TYPES`` (the
+    ``json_to_recordset`` types) come from it,
     and :meth:`TurnRecord.to_json` / :meth:`TurnRecord.from_json` encode and decode with it.
     """
 
     name: str
     """The attribute of :class:`TurnRecord`, and the key in its JSON form."""
-    column: str
-    """The ledger column."""
+    column: str | None
+    """The ledger column; None for a field the ledger does not keep (checked on write only)."""
     sql: str
     """``varchar``, ``bigint``, ``integer`` or ``boolean``: the column's type."""
     nullable: bool
@@ -168,6 +176,9 @@ class FieldSpec:
     """JSON form (not None) back to the Python value."""
     key: bool = False
     """Part of the ledger's primary key (a record is applied once per trace and span id)."""
+    optional: bool = False
+    """Left out of the JSON form when None, and None when absent (spool files written before
+    the field existed still read)."""
 
 
 FIELDS: Final[tuple[FieldSpec, ...]] = (
@@ -190,6 +201,7 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
     FieldSpec("last_call_end_ns", "last_call_end_ns", "bigint", True),
     FieldSpec("response_time_ms", "response_time_ms", "integer", True),
     FieldSpec("end_ns", "span_end_ns", "bigint", False),
+    FieldSpec("user_id", None, "varchar", True, 26, optional=True),
 )
 """Every field of :class:`TurnRecord`, in ledger column order."""
 

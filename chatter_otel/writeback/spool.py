@@ -11,67 +11,47 @@ released by the kernel when they died: crash recovery). A file is deleted only o
 record read from it has been written, orphaned, rejected or appended again to a live file,
 so a crash at any point loses nothing; records read twice are harmless because every write
 is idempotent.
+
+Every file starts with a header binding its records to one database: the database's
+identity (see :func:`.ledger.database_identity`) when the writer had reached it, else the
+database its URL names. A file bound elsewhere is left alone for its own database's
+processor (two databases sharing a directory never swap records); a file that is not
+private to this user is never read (see :mod:`.spool_dir`). Both are counted and logged
+once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
-from chatter_otel import dburl
+from chatter_otel.writeback import spool_dir
 from chatter_otel.writeback.records import TurnRecord
+from chatter_otel.writeback.spool_dir import (
+    UnsafeSpool,
+    default_spool_dir,
+    fallback_spool_dir,
+)
+
+__all__ = ["Claim", "Spool", "default_spool_dir", "fallback_spool_dir"]
 
 logger = logging.getLogger("chatter_otel.writeback")
 
 SUFFIX = ".jsonl"
 _UNREMOVABLE: set[Path] = set()
 R_SPOOL_CORRUPT = "spool_line_invalid"
-
-
-def default_spool_dir(url: str | object) -> Path:
-    """Per user and database: ``$XDG_STATE_HOME/chatter-otel/writeback/<hash>``.
-
-    Only the password-less URL goes into the hash. When that directory cannot be created
-    (read-only home in a container) :func:`fallback_spool_dir` is used.
-    """
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    path = Path(state) / "chatter-otel" / "writeback" / _digest(url)
-    return path if _creatable(path) else fallback_spool_dir(url)
-
-
-def fallback_spool_dir(url: str | object) -> Path:
-    """Under the temporary directory, per user and database."""
-    return Path(tempfile.gettempdir()) / f"chatter-otel-writeback-{os.getuid()}" / _digest(url)
-
-
-def _digest(url: str | object) -> str:
-    try:
-        name = dburl.masked(url)  # type: ignore[arg-type]
-    except Exception:
-        name = str(url)
-    return hashlib.sha256(name.encode()).hexdigest()[:16]
-
-
-def _creatable(path: Path) -> bool:
-    """The directory exists writable, or its nearest existing ancestor is writable."""
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            return False
-        probe = probe.parent
-    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+R_SPOOL_UNTRUSTED: Final = "spool_file_untrusted"
+"""A spool file not private to this user (planted, or made readable): never read."""
+R_SPOOL_OTHER_DATABASE: Final = "spool_other_database"
+"""Records of a spool file bound to another database: left for that database's writer."""
 
 
 class _File:
@@ -90,7 +70,8 @@ class Claim:
     def __init__(self, path: Path, handle: IO[bytes]) -> None:
         self.path = path
         self._handle = handle
-        self._offset = 0
+        first = handle.readline()
+        self._offset = len(first) if spool_dir.parse_header(first) is not None else 0
         self.exhausted = False
 
     def read(
@@ -147,14 +128,46 @@ class Claim:
 
 
 class Spool:
-    """Thread-safe appends; claims are used by the writer thread only."""
+    """Thread-safe appends; claims are used by the writer thread only.
+
+    Args:
+        directory: the spool directory; checked (and created) at once: an unusable one
+            raises ConfigError, after trying ``fallback`` when there is one.
+        url: the database the records are for (binds the files); None: an unbound spool
+            that replays every file of this user (tests, tools).
+        database: returns the database's identity once the writer knows it.
+        on_reject: ``on_reject(reason, count)`` for files left alone.
+    """
 
     def __init__(
-        self, directory: Path, *, seal_after: float = 1.0, fallback: Path | None = None
+        self,
+        directory: Path,
+        *,
+        seal_after: float = 1.0,
+        fallback: Path | None = None,
+        url: str | object | None = None,
+        database: Callable[[], str | None] | None = None,
+        on_reject: Callable[[str, int], None] | None = None,
     ) -> None:
+        try:
+            spool_dir.prepare(directory)
+        except OSError as exc:
+            if fallback is None or fallback == directory:
+                raise spool_dir.config_error(directory, spool_dir.problem(exc)) from None
+            logger.warning("spool directory %s unusable (%s): using %s", directory, exc, fallback)
+            try:
+                spool_dir.prepare(fallback)
+            except OSError as exc2:
+                raise spool_dir.config_error(fallback, spool_dir.problem(exc2)) from None
+            directory, fallback = fallback, None
         self.directory = directory
         self._fallback = fallback
         self._seal_after = seal_after
+        self._target = None if url is None else spool_dir.target_digest(url)
+        self._url_digest = None if url is None else spool_dir.url_digest(url)
+        self._database = database or (lambda: None)
+        self._on_reject = on_reject or (lambda reason, count: None)
+        self._refused: set[tuple[Path, int, int]] = set()
         self._lock = threading.Lock()
         self._current: _File | None = None
         self._sealed: list[_File] = []
@@ -210,12 +223,13 @@ class Spool:
             return self._open_in(self.directory)
 
     def _open_in(self, directory: Path) -> _File:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        spool_dir.prepare(directory)
         self._seq += 1
         name = f"{self._prefix}{self._seq:06d}"
         tmp = directory / (name + ".tmp")
-        handle = open(tmp, "ab")  # noqa: SIM115 - kept open (and locked) while in use
+        handle = os.fdopen(spool_dir.create_file(tmp), "ab")  # kept open (and locked)
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        handle.write(spool_dir.header(self._target, self._database()))
         final = directory / (name + SUFFIX)
         os.rename(tmp, final)
         with contextlib.suppress(OSError):
@@ -267,10 +281,69 @@ class Spool:
             return None
         self._foreign_checked = now
         for path in self._foreign_candidates():
-            claim = _try_claim(path)
+            claim = self._try_claim(path)
             if claim is not None:
                 return claim
         return None
+
+    def _try_claim(self, path: Path) -> Claim | None:
+        try:
+            handle = os.fdopen(spool_dir.open_trusted(path), "rb")
+        except UnsafeSpool as exc:
+            self._refuse(path, R_SPOOL_UNTRUSTED, 1, str(exc))
+            return None
+        except OSError:
+            return None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Another replayer may have finished and deleted it between open and lock.
+            if os.fstat(handle.fileno()).st_nlink == 0:
+                raise OSError("already replayed")
+            verdict = self._binding(handle.readline())
+        except OSError:
+            with contextlib.suppress(OSError):
+                handle.close()  # its process is alive and owns it, or it is gone
+            return None
+        if verdict is None:
+            handle.seek(0)
+            return Claim(path, handle)
+        if verdict:
+            records = sum(1 for _ in handle)
+            self._refuse(path, R_SPOOL_OTHER_DATABASE, records, verdict)
+        with contextlib.suppress(OSError):
+            handle.close()  # closing releases the lock: the file stays for its database
+        return None
+
+    def _binding(self, first: bytes) -> str | None:
+        """None when this spool's writer may replay a file starting with ``first``; else
+        why not ("" when not yet: this writer does not know its database yet)."""
+        if self._target is None:
+            return None
+        header = spool_dir.parse_header(first)
+        if header is None:  # written before files had headers: bound by the directory name
+            legacy_ok = self.directory.name == self._url_digest
+            return None if legacy_ok else "it was written by an older version elsewhere"
+        if header.get("database") is not None:
+            mine = spool_dir.identity_digest(self._database())
+            if mine is None:
+                return ""
+            return None if header["database"] == mine else "it belongs to another database"
+        if header.get("target") == self._target:
+            return None
+        return "it belongs to another database URL"
+
+    def _refuse(self, path: Path, reason: str, records: int, why: str) -> None:
+        """Counts and logs a file left alone, once per file version."""
+        try:
+            info = os.lstat(path)
+            key = (path, info.st_ino, info.st_mtime_ns)
+        except OSError:
+            return
+        if key in self._refused:
+            return
+        self._refused.add(key)
+        self._on_reject(reason, records)
+        logger.error("spool %s not replayed (%s): left as it is", path, why)
 
     def _return(self, own: _File) -> None:
         with self._lock:
@@ -285,10 +358,14 @@ class Spool:
             mine = {f.path for f in self._sealed}
             if self._current is not None:
                 mine.add(self._current.path)
+        refused = {key[0] for key in self._refused}
         return [
             p
             for p in entries
-            if p not in mine and p not in _UNREMOVABLE and not p.name.startswith(self._prefix)
+            if p not in mine
+            and p not in _UNREMOVABLE
+            and p not in refused
+            and not p.name.startswith(self._prefix)
         ]
 
     def close(self) -> None:
@@ -329,24 +406,3 @@ class _OwnClaim(Claim):
         with contextlib.suppress(OSError):
             self._handle.close()
         self._spool._return(self._own)
-
-
-def _try_claim(path: Path) -> Claim | None:
-    try:
-        handle = open(path, "rb")  # noqa: SIM115
-    except OSError:
-        return None
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        return None  # its process is alive and owns it
-    try:
-        # Another replayer may have finished and deleted it between open and lock.
-        if os.fstat(handle.fileno()).st_nlink == 0:
-            raise OSError("already replayed")
-    except OSError:
-        with contextlib.suppress(OSError):
-            handle.close()
-        return None
-    return Claim(path, handle)

@@ -75,8 +75,6 @@ class WritebackStats:
     """Spans delivered twice (same trace and span id)."""
     traces_evicted: int = 0
     """Trace states dropped for exceeding the trace limit while still incomplete."""
-    conversation_mismatches: int = 0
-    """Owner spans whose conversation id differs from the message row's (the row wins)."""
     db_errors: int = 0
     """Failed database transactions (each is retried)."""
     lost: int = 0
@@ -144,12 +142,6 @@ _COUNTERS: tuple[_Counter, ...] = (
         c.METRIC_WRITEBACK_TRACES_EVICTED,
         "{trace}",
         "Incomplete traces dropped at the trace limit",
-    ),
-    _Counter(
-        "conversation_mismatches",
-        c.METRIC_WRITEBACK_CONVERSATION_MISMATCHES,
-        "{record}",
-        "Spans naming another conversation than their message row",
     ),
     _Counter(
         "db_errors",

@@ -298,4 +298,5 @@ class Recorder:
             last_call_end_ns=valid[-1].end_ns if valid else None,
             response_time_ms=response_ms,
             end_ns=max(end_ns, 0),
+            user_id=owner.user_id,
         )

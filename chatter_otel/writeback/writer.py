@@ -37,7 +37,11 @@ from chatter_otel.writeback.store import STATUS_REJECTED, PermanentError, Store,
 
 logger = logging.getLogger("chatter_otel.writeback")
 
-R_DB_REFUSED = "database_refused"
+
+class _LedgerRefused(Exception):
+    """The database refuses to create or check the ledger: a configuration error, not an
+    outage (retrying soon cannot help) and not a record's fault (bisecting cannot help)."""
+
 
 _suppress: Callable[[], contextlib.AbstractContextManager[None]] | None
 try:  # imported here, never in a thread: an import lock held at fork() would hang the child
@@ -151,6 +155,17 @@ class Writer:
                 # one) until its deadline; the records stay queued.
                 request.complete(f"database unavailable ({exc})")
             return
+        except _LedgerRefused as exc:
+            logger.error(
+                "write-back: the database refused to set up the ledger (%s): a configuration "
+                "error (the database user's privileges?); trying again in %.0f s",
+                exc,
+                self._t.backoff[1],
+            )
+            self._pause(self._t.backoff[1])
+            for request in flushes:
+                request.complete(f"ledger refused by the database ({exc})")
+            return
         except Exception as exc:
             logger.exception("write-back writer error (continuing)")
             self._pause(self._t.backoff[1])
@@ -209,7 +224,10 @@ class Writer:
         started = time.monotonic()
         self._last_round = started
         if not self._store.schema_ready:
-            self._store.ensure_schema()
+            try:
+                self._store.ensure_schema()
+            except PermanentError as exc:  # refused, not unreachable: bisecting cannot help
+                raise _LedgerRefused(str(exc)) from exc
         with self._buffer.cond:
             # A flush tries every waiting record once, whether or not it is due.
             forced = len(self._buffer.waiting) if flushing else 0
@@ -247,13 +265,9 @@ class Writer:
                 self._journal.settle(batch)
             return
         self._counters.add("applied", len(result.applied))
-        if result.mismatched:
-            self._counters.add("conversation_mismatches", result.mismatched)
-            logger.warning(
-                "write-back: %d span(s) named another conversation than their message row; "
-                "the row's conversation was used",
-                result.mismatched,
-            )
+        for reason, amount in result.rejections.items():  # each already logged by the store
+            self._counters.reject(reason, amount)
+        self._counters.drift(result.drifted)
         if result.orphaned:
             self._counters.add("orphaned", len(result.orphaned))
             logger.warning(
@@ -264,7 +278,7 @@ class Writer:
                 ", ".join(sorted({r.message_id for r in result.orphaned})[:5]),
             )
         if not from_spool:
-            self._journal.settle([*result.applied, *result.orphaned])
+            self._journal.settle([*result.applied, *result.orphaned, *result.rejected])
         if result.waiting:
             self._counters.add("retried", len(result.waiting))
             if from_spool:
@@ -273,8 +287,8 @@ class Writer:
             else:
                 self._hold(result.waiting)
 
-    def _reject(self, record: TurnRecord, exc: BaseException) -> None:
-        self._counters.reject(R_DB_REFUSED)
+    def _reject(self, record: TurnRecord, exc: PermanentError) -> None:
+        self._counters.reject(exc.reason)
         logger.error(
             "write-back: the database refused the record of span %s for message %s (%s); "
             "rejected and kept in the ledger as %s",
