@@ -27,12 +27,14 @@ lint: install
 	$(VENV)/bin/ruff format --check chatter_otel tests benchmarks
 	$(VENV)/bin/mypy
 
-# What CI runs (.ci/run): lint, the suite on the newest versions, the lean install, and the
-# suite again on the lowest supported versions (constraints/lowest.txt, Chatter's Python).
+# What CI runs (.ci/run): lint (ruff, mypy over the library, tests and benchmarks), the whole
+# suite on the newest versions, the lean install, and the fast suite again on the lowest
+# supported versions (constraints/lowest.txt, Chatter's Python).
 test: lint test-suite test-lean test-lowest
 
+# The whole suite, the slow fault-injection tests included.
 test-suite: install prometheus
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest
 
 # `pip install .` alone brings none of the service's stack and imports none of it.
 test-lean:

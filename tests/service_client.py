@@ -68,7 +68,9 @@ class Api:
 async def running_service(
     database_url: str, telemetry: Telemetry, **settings: Any
 ) -> AsyncIterator[Api]:
-    app = create_app(ServiceSettings(DATABASE_URL=database_url, **settings), telemetry)
+    app = create_app(
+        ServiceSettings.model_validate({"DATABASE_URL": database_url, **settings}), telemetry
+    )
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(

@@ -94,6 +94,6 @@ def test_recording_hostile_responses_never_raises(
 @pytest.mark.parametrize("bad", [-1, 10**12, 1.5, float("nan"), "12", True, None])
 def test_a_bad_input_count_is_unknown_not_zero(bad: Any) -> None:
     message = AIMessage(content="x")
-    message.usage_metadata = {"input_tokens": bad, "output_tokens": 3, "total_tokens": 3}  # type: ignore[typeddict-item]
+    message.usage_metadata = {"input_tokens": bad, "output_tokens": 3, "total_tokens": 3}
     assert from_ai_message(message).usage.input_tokens is None
     assert from_ai_message(message).usage.output_tokens == 3

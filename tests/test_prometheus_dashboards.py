@@ -43,7 +43,7 @@ def _wait(url: str, deadline_s: float, proc: subprocess.Popen[bytes]) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise AssertionError(f"{proc.args} exited with {proc.returncode}")
+            raise AssertionError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return

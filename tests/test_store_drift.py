@@ -62,7 +62,7 @@ def _drift_metric(reader: InMemoryMetricReader) -> int:
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
                 if metric.name == c.METRIC_WRITEBACK_AGGREGATE_DRIFT:
-                    return int(sum(p.value for p in metric.data.data_points))
+                    return int(sum(getattr(p, "value", 0) for p in metric.data.data_points))
     return 0
 
 
