@@ -32,6 +32,7 @@ from chatter_otel.service.settings import ServiceSettings
 from chatter_otel.spans import WorkflowRun
 from chatter_otel.testing import CapturedTelemetry, capture_telemetry
 from tests.service_client import Api
+from tests.test_writeback_support import ledger_name
 
 IN_PRICE, OUT_PRICE = Decimal("0.0000005"), Decimal("0.0000015")
 
@@ -75,12 +76,7 @@ def _row(url: URL, message_id: str) -> tuple[Any, ...]:
             ),
             {"id": message_id},
         ).one()
-        ledger = (
-            conn.execute(
-                text("SELECT coalesce(to_regclass('chatter_otel.writeback_ledger')::text, '')")
-            ).scalar_one()
-            or "chatter_otel_writeback_ledger"
-        )
+        ledger = ledger_name(url)
         calls = conn.execute(
             text(f"SELECT sum(calls) FROM {ledger} WHERE message_id = :id"), {"id": message_id}
         ).scalar_one()
