@@ -390,35 +390,30 @@ def is_bind(attrs: Mapping[str, Any]) -> bool:
     return attrs.get(c.CHATTER_MESSAGE_BIND) is True
 
 
+def _ulid_attr(attrs: Mapping[str, Any], key: str, reason: str, reject: Reject) -> str | None:
+    """A ULID attribute, ``None`` when absent or refused (then counted under ``reason``)."""
+    raw = attrs.get(key)
+    if raw is None:
+        return None
+    if is_ulid(raw):
+        return str(raw)
+    reject(reason)
+    return None
+
+
 def read_ids(attrs: Mapping[str, Any], reject: Reject) -> tuple[str | None, str | None]:
     """Validated ``chatter.message.id`` and ``chatter.conversation.id`` (``None`` if refused)."""
-    message_id: str | None = None
-    raw = attrs.get(c.CHATTER_MESSAGE_ID)
-    if is_ulid(raw):
-        message_id = str(raw)
-    elif raw is not None:
-        reject(R_MESSAGE_ID)
-    conversation_id: str | None = None
-    raw = attrs.get(c.CHATTER_CONVERSATION_ID)
-    if raw is not None:
-        if is_ulid(raw):
-            conversation_id = str(raw)
-        else:
-            reject(R_CONVERSATION_ID)
-    return message_id, conversation_id
+    return (
+        _ulid_attr(attrs, c.CHATTER_MESSAGE_ID, R_MESSAGE_ID, reject),
+        _ulid_attr(attrs, c.CHATTER_CONVERSATION_ID, R_CONVERSATION_ID, reject),
+    )
 
 
 def read_owner(span: ReadableSpan, attrs: Mapping[str, Any], reject: Reject) -> Owner:
     context = span.context
     message_id, conversation_id = read_ids(attrs, reject)
     unbound = c.CHATTER_MESSAGE_ID not in attrs
-    user_id: str | None = None
-    raw = attrs.get(c.CHATTER_USER_ID)
-    if raw is not None:
-        if is_ulid(raw):
-            user_id = str(raw)
-        else:
-            reject(R_USER_ID)
+    user_id = _ulid_attr(attrs, c.CHATTER_USER_ID, R_USER_ID, reject)
     start, end = span.start_time or 0, span.end_time or 0
     if start <= 0 or end < start:
         reject(R_TIMES)
