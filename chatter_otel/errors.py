@@ -11,11 +11,15 @@ Follows "Recording errors" and the exception conventions (v1.41.1):
   ``exception`` span event (the existing behaviour). ``logs``: a log record instead, in the
   span's context, severity WARN; a chat call's is the GenAI event
   ``gen_ai.client.operation.exception``, others the generic ``exception``. ``logs/dup``: both.
+  Log records need an OpenTelemetry API whose ``Logger.emit`` takes keywords (1.39 and
+  later); on an older one the opt-in is ignored with one warning and span events stay.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import logging
 import os
 import traceback
 from typing import Final
@@ -32,6 +36,25 @@ _LOGS_DUP: Final = "logs/dup"
 _RECORDED: Final = "_chatter_otel_recorded"
 """Marks an exception already recorded: enclosing spans set their status only."""
 _DESCRIPTION_LIMIT: Final = 500
+EMITS_LOG_RECORDS: Final = "exception" in inspect.signature(Logger.emit).parameters
+"""Whether this OpenTelemetry API emits a log record from keywords (with the exception)."""
+_warned_old_api: list[bool] = []
+_log = logging.getLogger("chatter_otel")
+
+
+def _signal_mode() -> str:
+    mode = os.environ.get(SIGNAL_OPT_IN, "").strip()
+    if mode in (_LOGS, _LOGS_DUP) and not EMITS_LOG_RECORDS:
+        if not _warned_old_api:
+            _warned_old_api.append(True)
+            _log.warning(
+                "%s=%s needs opentelemetry-api >= 1.39 (Logger.emit with keywords); "
+                "exceptions stay span events",
+                SIGNAL_OPT_IN,
+                mode,
+            )
+        return ""
+    return mode
 
 
 def error_type(exc: BaseException) -> str:
@@ -55,7 +78,7 @@ def fail(span: Span, exc: BaseException, logger: Logger, *, genai_client: bool =
     # An exception type that refuses attributes may be recorded twice: harmless.
     with contextlib.suppress(AttributeError):
         setattr(exc, _RECORDED, True)
-    mode = os.environ.get(SIGNAL_OPT_IN, "").strip()
+    mode = _signal_mode()
     if mode != _LOGS:
         span.add_event(
             "exception",
