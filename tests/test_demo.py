@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,23 +13,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
 from chatter_otel import workflow_span
-from chatter_otel.config import TelemetryConfig
-from chatter_otel.demo import _flush_failure, run_demo
+from chatter_otel.demo import _flush_failure
 from chatter_otel.service.models import new_ulid
-from chatter_otel.service.settings import ServiceSettings
 from chatter_otel.testing import capture_telemetry
 from tests._pg import throwaway_server
 from tests.test_writeback_support import create_schema
-
-
-def _config(url: str) -> TelemetryConfig:
-    return TelemetryConfig(
-        traces_exporters=("none",),
-        metrics_exporters=("none",),
-        logs_exporters=("none",),
-        writeback_url=url,
-        writeback_flush_interval_s=0.1,
-    )
 
 
 def test_a_flush_that_waits_for_a_missing_row_names_the_record(pg_url: URL) -> None:
@@ -44,9 +34,7 @@ def test_a_flush_that_waits_for_a_missing_row_names_the_record(pg_url: URL) -> N
 
 
 @pytest.mark.slow
-def test_a_database_outage_near_the_end_is_one_line_and_exit_1(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_a_database_outage_near_the_end_is_one_line_and_exit_1() -> None:
     with throwaway_server() as server:
         url = server.url.render_as_string(hide_password=False)
 
@@ -67,14 +55,27 @@ def test_a_database_outage_near_the_end_is_one_line_and_exit_1(
 
         stopper = threading.Thread(target=stop_once_turns_are_running)
         stopper.start()
-        code = asyncio.run(
-            run_demo(_config(url), ServiceSettings.model_validate({"DATABASE_URL": url}), turns=200)
+        # In its own process, as a user runs it: the demo installs global OTel providers,
+        # which would outlive this test in the suite's process.
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none",
+            "CHATTER_OTEL_WRITEBACK_FLUSH_INTERVAL": "0.1",
+        }
+        demo = subprocess.run(
+            [sys.executable, "-m", "chatter_otel.cli", "demo", "--turns", "200"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
         )
         stopper.join()
-    out = capsys.readouterr()
-    assert code == 1
-    assert "Traceback" not in out.out + out.err
-    assert "KeyError" not in out.out + out.err
-    stopped = [line for line in out.out.splitlines() if line.startswith("FAILED")]
+    assert demo.returncode == 1, demo.stderr[-2000:]
+    assert "Traceback" not in demo.stdout + demo.stderr
+    assert "KeyError" not in demo.stdout + demo.stderr
+    stopped = [line for line in demo.stdout.splitlines() if line.startswith("FAILED")]
     assert stopped[-1].startswith("FAILED reading ")
     assert "HTTP 503" in stopped[-1]
