@@ -20,6 +20,7 @@ from chatter_otel.usage import MAX_TOKENS
 from chatter_otel.writeback import TurnRecord, WritebackMapping, extract
 from chatter_otel.writeback.records import INT32_MAX, is_ulid
 from chatter_otel.writeback.spool import Spool
+from tests.test_writeback_support import sample_record
 
 LIMITS = (100, 50, 50)
 
@@ -186,26 +187,7 @@ def test_spool_lines_are_validated() -> None:
 
 
 def _record() -> TurnRecord:
-    return TurnRecord(
-        trace_id="a" * 32,
-        span_id="b" * 16,
-        message_id=new_ulid(),
-        conversation_id=None,
-        kind="turn",
-        prompt_tokens=1,
-        completion_tokens=2,
-        total_tokens=3,
-        cost=Decimal("0.001"),
-        cost_unpriced=False,
-        usage_missing=False,
-        calls=1,
-        model="m",
-        provider="p",
-        finish_reason="stop",
-        last_call_end_ns=5,
-        response_time_ms=4,
-        end_ns=6,
-    )
+    return sample_record(new_ulid())
 
 
 # --- the spool --------------------------------------------------------------------------------

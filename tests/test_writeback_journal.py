@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from decimal import Decimal
 from pathlib import Path
 
 from chatter_otel.writeback.journal import Journal
@@ -14,28 +13,10 @@ from chatter_otel.writeback.spool import Spool
 from chatter_otel.writeback.spool_dir import parse_header
 from chatter_otel.writeback.statements import LEDGER_TYPES
 from chatter_otel.writeback.store import ledger_table
+from tests.test_writeback_support import sample_record
 
 LIMITS = (100, 100, 100)
-RECORD = TurnRecord(
-    trace_id="a" * 32,
-    span_id="b" * 16,
-    message_id="01J00000000000000000000000",
-    conversation_id=None,
-    kind="turn",
-    prompt_tokens=1,
-    completion_tokens=2,
-    total_tokens=3,
-    cost=Decimal("0.001"),
-    cost_unpriced=False,
-    usage_missing=False,
-    calls=1,
-    model="m",
-    provider="p",
-    finish_reason="stop",
-    last_call_end_ns=5,
-    response_time_ms=4,
-    end_ns=6,
-)
+RECORD = sample_record()
 
 
 def _record(index: int) -> TurnRecord:

@@ -32,7 +32,7 @@ from chatter_otel.service.models import (
     User,
     new_ulid,
 )
-from chatter_otel.writeback import WritebackSpanProcessor
+from chatter_otel.writeback import TurnRecord, WritebackSpanProcessor
 
 OFFLINE = "offline"
 ECHO = "offline-echo-1"
@@ -43,6 +43,30 @@ OUT_PRICE = Decimal("1.5") / 1_000_000
 def price(input_tokens: int, output_tokens: int) -> Decimal:
     """What the shipped price table charges for offline-echo-1."""
     return input_tokens * IN_PRICE + output_tokens * OUT_PRICE
+
+
+def sample_record(message_id: str = "01J00000000000000000000000") -> TurnRecord:
+    """One valid turn record (1 + 2 = 3 tokens, $0.001) for spool and journal tests."""
+    return TurnRecord(
+        trace_id="a" * 32,
+        span_id="b" * 16,
+        message_id=message_id,
+        conversation_id=None,
+        kind="turn",
+        prompt_tokens=1,
+        completion_tokens=2,
+        total_tokens=3,
+        cost=Decimal("0.001"),
+        cost_unpriced=False,
+        usage_missing=False,
+        calls=1,
+        model="m",
+        provider="p",
+        finish_reason="stop",
+        last_call_end_ns=5,
+        response_time_ms=4,
+        end_ns=6,
+    )
 
 
 def engine_for(url: str | URL) -> Engine:
