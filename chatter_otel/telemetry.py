@@ -395,7 +395,9 @@ def _build(
     logger.info("%s", config.writeback_status())
     if config.sdk_disabled:
         logger.warning("OTEL_SDK_DISABLED=true: no spans, no metrics, no usage write-back")
-        _runtime.install(_runtime.Runtime.create(pricing=pricing))
+        _runtime.install(
+            _runtime.Runtime.create(pricing=pricing, known_models=frozenset(config.known_models))
+        )
         return handle
     resource = _resource(config)
 
@@ -488,6 +490,7 @@ def _build(
             meter_provider,
             pricing=pricing,
             capture_content=config.capture_content,
+            known_models=frozenset(config.known_models),
             logger_provider=handle.logger_provider,
         )
     )
