@@ -14,12 +14,15 @@ from collections.abc import Callable
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from sqlalchemy import insert
 from sqlalchemy.engine import URL
 
 from chatter_otel import conventions as c
 from chatter_otel.service.models import Conversation, Message, MessageRole, User, new_ulid
+from chatter_otel.writeback import tables
+from chatter_otel.writeback.dberrors import PermanentError
+from chatter_otel.writeback.tables import TableWait, missing_table
 from tests.test_writeback_support import (
     Tracing,
     aggregates_exact,
@@ -112,6 +115,7 @@ def _counter(reader: InMemoryMetricReader, name: str) -> int:
         for m in sm.metrics
         if m.name == name
         for p in m.data.data_points
+        if isinstance(p, NumberDataPoint)
     ]
     return int(sum(values))
 
@@ -186,3 +190,39 @@ def test_spooled_records_wait_for_the_tables_after_a_restart(
     assert (stats.rejected_total, stats.lost, stats.orphaned) == (0, 0, 0)
     assert stats.replayed >= 6
     assert _errors(caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "table"),
+    [
+        (
+            PermanentError('UndefinedTable: relation "messages" does not exist', sqlstate="42P01"),
+            "messages",
+        ),
+        (PermanentError('schema "app" does not exist', sqlstate="3F000"), "app"),
+        (PermanentError("OperationalError: no such table: conversations"), "conversations"),
+        (
+            PermanentError('column "no_such_column" does not exist', sqlstate="42703"),
+            None,
+        ),
+        (PermanentError("permission denied for table messages", sqlstate="42501"), None),
+        (PermanentError("OperationalError: no such column: model_used"), None),
+    ],
+    ids=["pg-table", "pg-schema", "sqlite-table", "pg-column", "pg-privilege", "sqlite-column"],
+)
+def test_only_a_missing_table_is_a_wait(error: PermanentError, table: str | None) -> None:
+    assert missing_table(error) == table
+
+
+def test_a_long_wait_warns_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="chatter_otel.writeback")
+    monkeypatch.setattr(tables, "WARN_AFTER", 0.0)
+    wait = TableWait((0.1, 5.0))
+    delays = [wait.missing("messages", 0.0)]
+    for _ in range(5):
+        delays.append(wait.missing("messages", delays[-1]))
+    assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, tables.RECHECK_MAX]
+    levels = [r.levelname for r in caplog.records]
+    assert levels == ["INFO", "WARNING", "DEBUG", "DEBUG", "DEBUG", "DEBUG"]

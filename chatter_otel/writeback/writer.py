@@ -13,7 +13,7 @@ does its I/O with the lock released (:meth:`Writer._round`):
   interrupts the pause;
 * while the application's tables do not exist yet (its migrations run after start-up) the
   writer waits quietly: one INFO line naming the table, a re-check with a short capped
-  backoff, records kept exactly as during an outage (see :class:`_TablesMissing`);
+  backoff, records kept exactly as during an outage (see :mod:`.tables`);
 * records whose message row is not committed yet wait and are retried every
   ``flush_interval`` until ``message_ttl`` has passed (then logged and counted as orphaned);
 * spool files (its own, and those of processes that died) are replayed while memory has
@@ -26,12 +26,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
 
 from chatter_otel.writeback.buffer import FlushRequest, RecordBuffer
 from chatter_otel.writeback.journal import Journal
@@ -39,6 +37,7 @@ from chatter_otel.writeback.records import TurnRecord
 from chatter_otel.writeback.spool import Claim, Spool
 from chatter_otel.writeback.stats import Counters
 from chatter_otel.writeback.store import STATUS_REJECTED, PermanentError, Store, TransientError
+from chatter_otel.writeback.tables import TablesMissing, TableWait, missing_table
 
 logger = logging.getLogger("chatter_otel.writeback")
 
@@ -46,37 +45,6 @@ logger = logging.getLogger("chatter_otel.writeback")
 class _LedgerRefused(Exception):
     """The database refuses to create or check the ledger: a configuration error, not an
     outage (retrying soon cannot help) and not a record's fault (bisecting cannot help)."""
-
-
-class _TablesMissing(Exception):
-    """A table the write-back fills does not exist yet: the application creates its tables
-    after start-up (migrations at boot), so this is a wait, neither an error nor an outage.
-    Records stay queued, journaled and spooled as during an outage; none is rejected."""
-
-    def __init__(self, table: str) -> None:
-        super().__init__(table)
-        self.table = table
-
-
-_MISSING_TABLE_STATES: Final = frozenset({"42P01", "3F000"})  # undefined table, schema
-_MISSING_NAME: Final = re.compile(
-    r'relation "([^"]+)" does not exist|schema "([^"]+)" does not exist|no such table: (\S+)'
-)
-TABLE_RECHECK_MAX: Final = 2.0
-"""Longest pause (s) between checks for the application's tables."""
-TABLE_WAIT_WARN: Final = 300.0
-"""After this long without the tables, one WARNING: the mapping may name the wrong table."""
-
-
-def _missing_table(exc: PermanentError) -> str | None:
-    """The table (or schema) a refused ``ensure_schema`` found missing, or None when it
-    was refused for another reason (a missing column or privilege: a configuration error)."""
-    found = _MISSING_NAME.search(str(exc))
-    if exc.sqlstate is not None and exc.sqlstate not in _MISSING_TABLE_STATES:
-        return None
-    if found is None:
-        return None if exc.sqlstate is None else "?"
-    return next(name for name in found.groups() if name)
 
 
 _suppress: Callable[[], contextlib.AbstractContextManager[None]] | None
@@ -129,8 +97,7 @@ class Writer:
         """While the database fails: no round before this (monotonic), but a flush or stop."""
         self._delay = 0.0
         self._failing_since: float | None = None
-        self._tables_missing_since: float | None = None
-        self._table_warned = False
+        self._tables = TableWait(timing.backoff)
         self._last_round = time.monotonic()
         self.thread = threading.Thread(
             target=self._loop, name="chatter-otel-writeback-writer", daemon=True
@@ -193,8 +160,10 @@ class Writer:
                 # one) until its deadline; the records stay queued.
                 request.complete(f"database unavailable ({exc})")
             return
-        except _TablesMissing as exc:
-            self._wait_for_tables(exc.table)
+        except TablesMissing as exc:
+            self._counters.add("schema_waits")
+            self._delay = self._tables.missing(exc.table, self._delay)
+            self._pause(self._delay)
             for request in flushes:
                 request.complete(
                     f"waiting for the application's table {exc.table} (records are kept)"
@@ -228,48 +197,6 @@ class Writer:
             failure = self._remaining()
             for request in flushes:
                 request.complete(failure)
-
-    def _wait_for_tables(self, table: str) -> None:
-        """Logs the wait once (INFO; one WARNING if it lasts), counts the check, and pauses
-        with a short capped backoff so the records are written soon after the tables
-        appear."""
-        self._counters.add("schema_waits")
-        now = time.monotonic()
-        if self._tables_missing_since is None:
-            self._tables_missing_since = now
-            logger.info(
-                "write-back: waiting for the application's table %s (its migrations have "
-                "not run yet?); records are kept and written once it exists",
-                table,
-            )
-        elif not self._table_warned and now - self._tables_missing_since >= TABLE_WAIT_WARN:
-            self._table_warned = True
-            logger.warning(
-                "write-back: table %s still missing after %.0f s; records are kept. If the "
-                "application's migrations have run, check the write-back's table mapping",
-                table,
-                now - self._tables_missing_since,
-            )
-        else:
-            logger.debug("write-back: table %s still missing", table)
-        first, longest = self._t.backoff
-        self._delay = min(min(longest, TABLE_RECHECK_MAX), max(first, self._delay * 2))
-        self._pause(self._delay)
-
-    def _tables_found(self) -> None:
-        if self._tables_missing_since is None:
-            return
-        with self._buffer.cond:
-            kept = len(self._buffer.ready) + len(self._buffer.waiting)
-        logger.info(
-            "write-back: the application's tables exist now (after %.1f s); writing the %d "
-            "record(s) kept in memory and any spooled",
-            time.monotonic() - self._tables_missing_since,
-            kept,
-        )
-        self._tables_missing_since = None
-        self._table_warned = False
-        self._delay = 0.0
 
     def _backoff(self, exc: BaseException) -> None:
         if self._failing_since is None:
@@ -314,11 +241,13 @@ class Writer:
             try:
                 self._store.ensure_schema()
             except PermanentError as exc:  # refused, not unreachable: bisecting cannot help
-                table = _missing_table(exc)
+                table = missing_table(exc)
                 if table is not None:
-                    raise _TablesMissing(table) from exc
+                    raise TablesMissing(table) from exc
                 raise _LedgerRefused(str(exc)) from exc
-            self._tables_found()
+            with self._buffer.cond:
+                kept = len(self._buffer.ready) + len(self._buffer.waiting)
+            self._tables.found(kept)
         with self._buffer.cond:
             # A flush tries every waiting record once, whether or not it is due.
             forced = len(self._buffer.waiting) if flushing else 0
