@@ -277,9 +277,7 @@ class _Env:
 
     def models(self, name: str) -> tuple[str, ...]:
         value = self.raw(name)
-        if value is None:
-            return ()
-        return model_names(name, value.split(","))
+        return () if value is None else model_names(name, value)
 
     def ratio(self, name: str) -> float:
         return self.number(name, 1.0, low=0.0, high=1.0)
@@ -325,7 +323,9 @@ def model_names(variable: str, names: object) -> tuple[str, ...]:
         f"a comma-separated list of at most {MAX_KNOWN_MODELS} model names, each 1 to "
         f"{MODEL_LABEL_MAX_LENGTH} printable characters"
     )
-    if isinstance(names, str) or not isinstance(names, (list, tuple, set, frozenset)):
+    if isinstance(names, str):
+        names = names.split(",")
+    if not isinstance(names, (list, tuple, set, frozenset)):
         raise ConfigError(variable, str(names), accepted)
     items = sorted(names, key=str) if isinstance(names, (set, frozenset)) else list(names)
     out: list[str] = []

@@ -246,6 +246,7 @@ def test_known_models_are_a_comma_separated_list() -> None:
 
 def test_known_models_passed_in_code_are_checked_too() -> None:
     assert TelemetryConfig(known_models=["tuned-7b"]).known_models == ("tuned-7b",)  # type: ignore[arg-type]
+    assert TelemetryConfig(known_models="a, b").known_models == ("a", "b")  # type: ignore[arg-type]
     with pytest.raises(ConfigError) as info:
         TelemetryConfig(known_models=("tuned-7b", " "))
     assert str(info.value) == (

@@ -54,9 +54,10 @@ def _setting(name: str, default: float) -> float:
     return default if value is None or value.strip() == "" else float(value)
 
 
-# The hard-kill bound test at other settings, without slowing CI down; the case:
-# CHATTER_FAULT_TURNS=536 CHATTER_FAULT_MAX_QUEUE=100000 CHATTER_FAULT_BATCH=500
-# CHATTER_FAULT_FLUSH_INTERVAL=1.0 (the processor's defaults).
+# The hard-kill bound test at other settings, without slowing CI down; the case
+# (the processor's defaults, killed after the last turn): CHATTER_FAULT_TURNS=536
+# CHATTER_FAULT_KILL_AT=536 CHATTER_FAULT_MAX_QUEUE=100000 CHATTER_FAULT_BATCH=500
+# CHATTER_FAULT_FLUSH_INTERVAL=1.0 (CHATTER_FAULT_RATE: turns per second, 300).
 LOAD_TURNS = int(_setting("CHATTER_FAULT_TURNS", TURNS))
 LOAD_KILL_AT = int(_setting("CHATTER_FAULT_KILL_AT", BOUND_KILL_AT * LOAD_TURNS // TURNS))
 LOAD_QUEUE = int(_setting("CHATTER_FAULT_MAX_QUEUE", LIVE_QUEUE))
