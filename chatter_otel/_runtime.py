@@ -18,6 +18,7 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Tracer, TracerProvider
 
 from chatter_otel import conventions as c
+from chatter_otel.config import MODEL_LABEL_MAX_LENGTH
 from chatter_otel.instruments import Instruments
 from chatter_otel.usage import Usage
 from chatter_otel.version import __version__
@@ -93,10 +94,13 @@ class Runtime:
         Model names can come from clients; as label values they would make one series each
         (3,000 names made /metrics 32 MB) and push real models into the SDK's overflow
         series. A configured model keeps its name; a priced one too, for the first
-        ``MAX_MODEL_LABELS`` distinct names. Spans keep the real name.
+        ``MAX_MODEL_LABELS`` distinct names of at most ``MODEL_LABEL_MAX_LENGTH``
+        characters. Spans keep the real name.
         """
         if model in self.known_models:
             return model
+        if len(model) > MODEL_LABEL_MAX_LENGTH:
+            return c.OTHER_VALUE
         key = (provider, model)
         label = self._labels.get(key)
         if label is None:

@@ -37,6 +37,11 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 SECRET_HINTS = ("KEY", "SECRET", "PASSWORD", "TOKEN", "HEADERS", "AUTH")
+MODEL_LABEL_MAX_LENGTH = 100
+"""Longest model name used as a metric label value (Chatter's model columns and the reference
+API hold 100 characters); a longer one is reported as _OTHER."""
+MAX_KNOWN_MODELS = 100
+"""Configured model names: each is a label value of every GenAI metric, so they are few."""
 
 
 class ConfigError(ValueError):
@@ -86,7 +91,16 @@ class TelemetryConfig:
     writeback_message_ttl_s: float = 300.0
     writeback_max_queue: int = 100_000
     writeback_spool_path: Path | None = None
+    known_models: tuple[str, ...] = ()
+    """``CHATTER_OTEL_KNOWN_MODELS``: model names the operator runs (self-hosted, fine-tuned)
+    that keep their own metric label even though pricing does not know them; any other
+    unknown name is reported as _OTHER."""
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Keyword arguments (``setup_telemetry(known_models=[...])``) are checked as the
+        # environment variable is; a list or set becomes the tuple the config holds.
+        object.__setattr__(self, "known_models", model_names("known_models", self.known_models))
 
     @classmethod
     def from_env(
@@ -147,6 +161,7 @@ class TelemetryConfig:
                 )
             ),
             writeback_spool_path=env.path("CHATTER_OTEL_WRITEBACK_SPOOL"),
+            known_models=env.models("CHATTER_OTEL_KNOWN_MODELS"),
         )
         env.check_numbers()
         return replace(config, **overrides) if overrides else config
@@ -260,6 +275,10 @@ class _Env:
             raise ConfigError(name, value, accepted)
         return number
 
+    def models(self, name: str) -> tuple[str, ...]:
+        value = self.raw(name)
+        return () if value is None else model_names(name, value)
+
     def ratio(self, name: str) -> float:
         return self.number(name, 1.0, low=0.0, high=1.0)
 
@@ -295,6 +314,30 @@ class _Env:
             ("OTEL_EXPORTER_OTLP_TIMEOUT", 1, 86_400_000),
         ):
             self.number(name, 0, low=low, high=high, integer=True)
+
+
+def model_names(variable: str, names: object) -> tuple[str, ...]:
+    """Configured model names, stripped, without repeats; a ConfigError for an empty or
+    overlong name, or too many (each one is a label value of every GenAI metric)."""
+    accepted = (
+        f"a comma-separated list of at most {MAX_KNOWN_MODELS} model names, each 1 to "
+        f"{MODEL_LABEL_MAX_LENGTH} printable characters"
+    )
+    if isinstance(names, str):
+        names = names.split(",")
+    if not isinstance(names, (list, tuple, set, frozenset)):
+        raise ConfigError(variable, str(names), accepted)
+    items = sorted(names, key=str) if isinstance(names, (set, frozenset)) else list(names)
+    out: list[str] = []
+    for raw in items:
+        name = raw.strip() if isinstance(raw, str) else ""
+        if not name or len(name) > MODEL_LABEL_MAX_LENGTH or not name.isprintable():
+            raise ConfigError(variable, ",".join(str(n) for n in items), accepted)
+        if name not in out:
+            out.append(name)
+    if len(out) > MAX_KNOWN_MODELS:
+        raise ConfigError(variable, ",".join(out), accepted)
+    return tuple(out)
 
 
 def dburl_safe(value: str) -> str:

@@ -13,7 +13,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.engine import URL
 
-from chatter_otel import ConfigError, Telemetry, TelemetryConfig, setup_telemetry
+from chatter_otel import ConfigError, Telemetry, TelemetryConfig, _runtime, setup_telemetry
 from chatter_otel.cli import main
 from tests.test_writeback_support import message, seed, simple_turn, wait_until
 
@@ -95,6 +95,14 @@ def test_start_up_says_the_writeback_was_switched_off(
     )
     assert telemetry.writeback is None
     assert _info_lines(caplog) == ["write-back off: CHATTER_OTEL_WRITEBACK=false"]
+
+
+def test_known_models_from_the_environment_reach_the_metric_labels(start: Any) -> None:
+    start({"CHATTER_OTEL_KNOWN_MODELS": "in-house,tuned-7b"})
+    runtime = _runtime.get()
+    assert runtime.known_models == frozenset({"in-house", "tuned-7b"})
+    assert runtime.model_label("vllm", "tuned-7b") == "tuned-7b"
+    assert runtime.model_label("vllm", "tuned-8b") == "_OTHER"
 
 
 def test_a_bad_url_in_code_is_one_line_without_its_password(start: Any) -> None:

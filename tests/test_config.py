@@ -96,6 +96,10 @@ def test_arguments_override_the_environment() -> None:
     assert config.capture_content is False
 
 
+KNOWN_MODELS_ACCEPTED = (
+    "a comma-separated list of at most 100 model names, each 1 to 100 printable characters"
+)
+
 INVALID = [
     ("OTEL_SDK_DISABLED", "maybe", "invalid OTEL_SDK_DISABLED='maybe': expected true or false"),
     (
@@ -199,6 +203,16 @@ INVALID = [
         "invalid CHATTER_OTEL_WRITEBACK_MAX_QUEUE='1.5': expected an integer between 100 and 1e+07",
     ),
     (
+        "CHATTER_OTEL_KNOWN_MODELS",
+        "in-house,,tuned",
+        "invalid CHATTER_OTEL_KNOWN_MODELS='in-house,,tuned': expected " + KNOWN_MODELS_ACCEPTED,
+    ),
+    (
+        "CHATTER_OTEL_KNOWN_MODELS",
+        "m" * 101,
+        f"invalid CHATTER_OTEL_KNOWN_MODELS='{'m' * 101}': expected " + KNOWN_MODELS_ACCEPTED,
+    ),
+    (
         "CHATTER_OTEL_WRITEBACK_URL",
         "mysql://u@h/db",
         "invalid CHATTER_OTEL_WRITEBACK_URL='mysql://***@h/db': expected postgresql://, postgresql+asyncpg://, postgresql+psycopg://, sqlite:///PATH, sqlite+aiosqlite:///PATH",
@@ -220,6 +234,41 @@ def test_database_password_never_appears_in_the_error() -> None:
     with pytest.raises(ConfigError) as info:
         TelemetryConfig.from_env({"DATABASE_URL": "oracle://chatter:s3cret@db/x"})
     assert "s3cret" not in str(info.value)
+
+
+def test_known_models_are_a_comma_separated_list() -> None:
+    config = TelemetryConfig.from_env(
+        {"CHATTER_OTEL_KNOWN_MODELS": " in-house , tuned-7b,in-house"}
+    )
+    assert config.known_models == ("in-house", "tuned-7b")
+    assert TelemetryConfig.from_env({}).known_models == ()
+
+
+def test_known_models_passed_in_code_are_checked_too() -> None:
+    assert TelemetryConfig(known_models=["tuned-7b"]).known_models == ("tuned-7b",)  # type: ignore[arg-type]
+    assert TelemetryConfig(known_models="a, b").known_models == ("a", "b")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as info:
+        TelemetryConfig(known_models=("tuned-7b", " "))
+    assert str(info.value) == (
+        "invalid known_models='tuned-7b, ': expected " + KNOWN_MODELS_ACCEPTED
+    )
+
+
+def test_more_known_models_than_labels_allow_are_refused() -> None:
+    names = ",".join(f"m{i}" for i in range(101))
+    with pytest.raises(ConfigError) as info:
+        TelemetryConfig.from_env({"CHATTER_OTEL_KNOWN_MODELS": names})
+    assert str(info.value) == (
+        f"invalid CHATTER_OTEL_KNOWN_MODELS={names!r}: expected " + KNOWN_MODELS_ACCEPTED
+    )
+
+
+def test_check_config_shows_the_known_models(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CHATTER_OTEL_KNOWN_MODELS", "in-house,tuned-7b")
+    assert main(["check-config"]) == 0
+    assert f"  {'known_models':32} in-house,tuned-7b\n" in capsys.readouterr().out
 
 
 def test_cli_stops_with_exit_2_and_one_line(

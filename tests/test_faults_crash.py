@@ -17,6 +17,7 @@ transaction open at the kill is rolled back by the server, never half applied.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -48,16 +49,33 @@ within it on a loaded machine (assembly takes a quarter of it plus the grace).""
 BOUND_KILL_AT = 400
 
 
+def _setting(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return default if value is None or value.strip() == "" else float(value)
+
+
+# The hard-kill bound test at other settings, without slowing CI down; the issue's case
+# (the processor's defaults, killed after the last turn): CHATTER_FAULT_TURNS=536
+# CHATTER_FAULT_KILL_AT=536 CHATTER_FAULT_MAX_QUEUE=100000 CHATTER_FAULT_BATCH=500
+# CHATTER_FAULT_FLUSH_INTERVAL=1.0 (CHATTER_FAULT_RATE: turns per second, 300).
+LOAD_TURNS = int(_setting("CHATTER_FAULT_TURNS", TURNS))
+LOAD_KILL_AT = int(_setting("CHATTER_FAULT_KILL_AT", BOUND_KILL_AT * LOAD_TURNS // TURNS))
+LOAD_QUEUE = int(_setting("CHATTER_FAULT_MAX_QUEUE", LIVE_QUEUE))
+LOAD_BATCH = int(_setting("CHATTER_FAULT_BATCH", LIVE_BATCH))
+LOAD_INTERVAL = _setting("CHATTER_FAULT_FLUSH_INTERVAL", BOUND_INTERVAL)
+LOAD_RATE = _setting("CHATTER_FAULT_RATE", 300.0)
+
+
 Turn = tuple[str, str, list[tuple[int, int]]]
 
 
-def _plan(url: URL, path: Path) -> list[Turn]:
-    rows = seed(url, conversations=6, messages=TURNS // 6)
+def _plan(url: URL, path: Path, count: int = TURNS) -> list[Turn]:
+    rows = seed(url, conversations=6, messages=-(-count // 6))
     turns = [
         (mid, cid, [(index + 2, index % 5 + 1)])
         for cid, mids in rows.messages.items()
         for index, mid in enumerate(mids)
-    ]
+    ][:count]
     path.write_text(json.dumps(turns))
     return turns
 
@@ -146,13 +164,13 @@ def _kill_mid_load(tmp_path: Path, url: URL, plan: Path) -> tuple[Worker, float]
         url,
         plan,
         "--rate",
-        "300",
-        max_queue=LIVE_QUEUE,
-        batch=LIVE_BATCH,
-        flush_interval=BOUND_INTERVAL,
+        str(LOAD_RATE),
+        max_queue=LOAD_QUEUE,
+        batch=LOAD_BATCH,
+        flush_interval=LOAD_INTERVAL,
     )
     try:
-        worker.wait_report(lambda r: r["emitted"] >= BOUND_KILL_AT, 60)
+        worker.wait_report(lambda r: r["emitted"] >= LOAD_KILL_AT, 60)
         killed_at = time.time()
         worker.kill()
     finally:
@@ -168,9 +186,9 @@ def test_hard_crash_under_load_loses_at_most_the_last_flush_interval(
     process's journal and spool: every turn that ended more than one flush interval
     (0.5 s) before the kill has exactly its usage, with the database healthy and with it
     refusing connections (memory holds up to 1,000 records: before the journal, all of them
-    were lost)."""
+    were lost). The ``CHATTER_FAULT_*`` variables run it at other settings."""
     url = pg.database()
-    turns = _plan(url, tmp_path / "plan.json")
+    turns = _plan(url, tmp_path / "plan.json", LOAD_TURNS)
     with TcpProxy(pg.port) as proxy:
         if database == "down":
             proxy.down()
@@ -179,17 +197,18 @@ def test_hard_crash_under_load_loses_at_most_the_last_flush_interval(
         proxy.up()
         second = _restart_and_drain(tmp_path, via(url, proxy.port))
     written = _written(url, turns)
-    emitted, lost, ages = _bound_figures(first, turns, written, killed_at, BOUND_INTERVAL)
-    recent = sum(1 for t in _ended_at(first).values() if t > killed_at - BOUND_INTERVAL)
+    emitted, lost, ages = _bound_figures(first, turns, written, killed_at, LOAD_INTERVAL)
+    recent = sum(1 for t in _ended_at(first).values() if t > killed_at - LOAD_INTERVAL)
     figures = (
-        f"SIGKILL under load (300 turns/s), database {database}, flush_interval="
-        f"{BOUND_INTERVAL}, max_queue={LIVE_QUEUE}: {emitted} turns emitted, {recent} of them "
+        f"SIGKILL under load ({LOAD_RATE:g} turns/s), database {database}, flush_interval="
+        f"{LOAD_INTERVAL}, max_queue={LOAD_QUEUE}, batch={LOAD_BATCH}: {emitted} turns "
+        f"emitted, {recent} of them "
         f"in the last flush interval; {first.last['applied']} reported written before the kill; "
         f"the next process replayed {second.last.get('replayed')}; lost: {lost}, ended "
         f"{[round(a, 3) for a in ages[:3]]}..{[round(a, 3) for a in ages[-3:]]} s before the kill"
     )
     print(figures)
-    assert all(age < BOUND_INTERVAL for age in ages), figures
+    assert all(age < LOAD_INTERVAL for age in ages), figures
     assert lost <= recent + 1, figures
     assert aggregates_exact(url, touched_only=True) == []
 

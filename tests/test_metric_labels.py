@@ -16,6 +16,7 @@ from langchain_core.messages import AIMessage
 
 from chatter_otel import _runtime, model_span, workflow_span
 from chatter_otel import conventions as c
+from chatter_otel.config import MODEL_LABEL_MAX_LENGTH
 from chatter_otel.testing import CapturedTelemetry, capture_telemetry
 
 UNKNOWN_MODELS = 3000
@@ -87,22 +88,51 @@ def test_real_models_never_fall_into_the_overflow_series(cap: CapturedTelemetry)
     assert len(all_series) == 3 * 3  # (_OTHER, gpt-4o-mini, offline-echo-1) x (in, out, dur)
 
 
-def test_configured_models_keep_their_name(cap: CapturedTelemetry) -> None:
-    runtime = _runtime.get()
-    _runtime.install(
-        _runtime.Runtime(
-            tracer=runtime.tracer,
-            instruments=runtime.instruments,
-            pricing=runtime.pricing,
-            known_models=frozenset({"in-house-model"}),
-        )
-    )
-    try:
-        _call("vllm", "in-house-model")
-    finally:
-        _runtime.install(runtime)
-    assert _series(cap, c.METRIC_LLM_UNPRICED) == [
-        {c.GEN_AI_PROVIDER_NAME: "vllm", c.GEN_AI_REQUEST_MODEL: "in-house-model"}
+IN_HOUSE = "in-house-model"
+"""A self-hosted model pricing does not know, named in CHATTER_OTEL_KNOWN_MODELS."""
+
+
+@pytest.fixture
+def configured() -> Iterator[CapturedTelemetry]:
+    with capture_telemetry(known_models=(IN_HOUSE,)) as captured:
+        yield captured
+
+
+def test_a_configured_model_keeps_its_name_on_the_usage_metrics(
+    configured: CapturedTelemetry,
+) -> None:
+    _call("vllm", IN_HOUSE)
+    own = {
+        c.GEN_AI_OPERATION_NAME: "chat",
+        c.GEN_AI_PROVIDER_NAME: "vllm",
+        c.GEN_AI_REQUEST_MODEL: IN_HOUSE,
+        c.GEN_AI_RESPONSE_MODEL: IN_HOUSE,
+    }
+    assert _series(configured, c.METRIC_TOKEN_USAGE) == [
+        {**own, c.GEN_AI_TOKEN_TYPE: "input"},
+        {**own, c.GEN_AI_TOKEN_TYPE: "output"},
+    ]
+    assert configured.point(c.METRIC_TOKEN_USAGE, {**own, c.GEN_AI_TOKEN_TYPE: "input"}).sum == 3
+    assert _series(configured, c.METRIC_LLM_UNPRICED) == [
+        {c.GEN_AI_PROVIDER_NAME: "vllm", c.GEN_AI_REQUEST_MODEL: IN_HOUSE}
+    ]
+
+
+def test_an_unconfigured_unpriced_model_is_other_beside_a_configured_one(
+    configured: CapturedTelemetry,
+) -> None:
+    _call("vllm", IN_HOUSE + "-v2")
+    assert _series(configured, c.METRIC_LLM_UNPRICED) == [
+        {c.GEN_AI_PROVIDER_NAME: "vllm", c.GEN_AI_REQUEST_MODEL: c.OTHER_VALUE}
+    ]
+
+
+def test_a_priced_name_longer_than_a_label_is_other(cap: CapturedTelemetry) -> None:
+    # Priced by prefix, but 101 characters: longer than any model column holds.
+    long_name = "claude-3-5-haiku-" + "x" * (MODEL_LABEL_MAX_LENGTH + 1 - len("claude-3-5-haiku-"))
+    _call("anthropic", long_name)
+    assert _series(cap, c.METRIC_LLM_COST) == [
+        {c.GEN_AI_PROVIDER_NAME: "anthropic", c.GEN_AI_REQUEST_MODEL: c.OTHER_VALUE}
     ]
 
 

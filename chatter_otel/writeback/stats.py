@@ -79,6 +79,8 @@ class WritebackStats:
     """Failed database transactions (each is retried)."""
     lost: int = 0
     """Records that could be neither written nor spooled (logged as errors)."""
+    schema_waits: int = 0
+    """Start-up checks that found the application's tables missing (records are kept)."""
     throttled: int = 0
     """``on_end`` calls that waited because the assembler was far behind (backpressure)."""
     aggregate_drift: int = 0
@@ -150,6 +152,12 @@ _COUNTERS: tuple[_Counter, ...] = (
         "Failed database transactions (each is retried)",
     ),
     _Counter("lost", c.METRIC_WRITEBACK_LOST, "{record}", "Records neither written nor spooled"),
+    _Counter(
+        "schema_waits",
+        c.METRIC_WRITEBACK_SCHEMA_WAITS,
+        "{check}",
+        "Checks that found the application's tables missing (records are kept meanwhile)",
+    ),
     _Counter(
         "throttled",
         c.METRIC_WRITEBACK_THROTTLED,

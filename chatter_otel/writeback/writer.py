@@ -11,6 +11,9 @@ does its I/O with the lock released (:meth:`Writer._round`):
 * while the database is unreachable (:class:`~.store.TransientError`) the batch goes back
   to the front and the writer backs off (capped exponential, jittered); a flush or shutdown
   interrupts the pause;
+* while the application's tables do not exist yet (its migrations run after start-up) the
+  writer waits quietly: one INFO line naming the table, a re-check with a short capped
+  backoff, records kept exactly as during an outage (see :mod:`.tables`);
 * records whose message row is not committed yet wait and are retried every
   ``flush_interval`` until ``message_ttl`` has passed (then logged and counted as orphaned);
 * spool files (its own, and those of processes that died) are replayed while memory has
@@ -34,6 +37,7 @@ from chatter_otel.writeback.records import TurnRecord
 from chatter_otel.writeback.spool import Claim, Spool
 from chatter_otel.writeback.stats import Counters
 from chatter_otel.writeback.store import STATUS_REJECTED, PermanentError, Store, TransientError
+from chatter_otel.writeback.tables import TablesMissing, TableWait, missing_table
 
 logger = logging.getLogger("chatter_otel.writeback")
 
@@ -93,6 +97,7 @@ class Writer:
         """While the database fails: no round before this (monotonic), but a flush or stop."""
         self._delay = 0.0
         self._failing_since: float | None = None
+        self._tables = TableWait(timing.backoff)
         self._last_round = time.monotonic()
         self.thread = threading.Thread(
             target=self._loop, name="chatter-otel-writeback-writer", daemon=True
@@ -154,6 +159,15 @@ class Writer:
                 # Say so now rather than hold the caller (and the processors after this
                 # one) until its deadline; the records stay queued.
                 request.complete(f"database unavailable ({exc})")
+            return
+        except TablesMissing as exc:
+            self._counters.add("schema_waits")
+            self._delay = self._tables.missing(exc.table, self._delay)
+            self._pause(self._delay)
+            for request in flushes:
+                request.complete(
+                    f"waiting for the application's table {exc.table} (records are kept)"
+                )
             return
         except _LedgerRefused as exc:
             logger.error(
@@ -227,7 +241,13 @@ class Writer:
             try:
                 self._store.ensure_schema()
             except PermanentError as exc:  # refused, not unreachable: bisecting cannot help
+                table = missing_table(exc)
+                if table is not None:
+                    raise TablesMissing(table) from exc
                 raise _LedgerRefused(str(exc)) from exc
+            with self._buffer.cond:
+                kept = len(self._buffer.ready) + len(self._buffer.waiting)
+            self._tables.found(kept)
         with self._buffer.cond:
             # A flush tries every waiting record once, whether or not it is due.
             forced = len(self._buffer.waiting) if flushing else 0
