@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanContext, Tracer
 from chatter_otel import conventions as c
 from chatter_otel.pricing import Pricing
 from chatter_otel.service.models import new_ulid
-from chatter_otel.writeback import extract
+from chatter_otel.writeback import extract, validation
 from chatter_otel.writeback.assembler import Assembler
 from chatter_otel.writeback.records import TurnRecord
 from chatter_otel.writeback.stats import Counters
@@ -34,10 +34,10 @@ S = 1_000_000_000  # one second in ns
 RESOURCE = Resource.get_empty()
 
 REASONS = {
-    extract.R_TOKENS_TYPE,
-    extract.R_TOKENS_NEGATIVE,
-    extract.R_TOKENS_TOO_LARGE,
-    extract.R_TOKENS_NOT_FINITE,
+    validation.R_TOKENS_TYPE,
+    validation.R_TOKENS_NEGATIVE,
+    validation.R_TOKENS_TOO_LARGE,
+    validation.R_TOKENS_NOT_FINITE,
 }
 
 
@@ -224,10 +224,10 @@ def test_arbitrary_attributes_never_raise_and_records_are_database_safe(
     stats = counters.snapshot()
     assert set(stats.rejected) <= {
         *REASONS,
-        extract.R_COST,
-        extract.R_TEXT,
-        extract.R_MESSAGE_ID,
-        extract.R_CALL_ID,
+        validation.R_COST,
+        validation.R_TEXT,
+        validation.R_MESSAGE_ID,
+        validation.R_CALL_ID,
     }
     assert a.sizes == dict.fromkeys(a.sizes, 0)
 
@@ -533,7 +533,7 @@ def test_a_turn_whose_tokens_are_rejected_contributes_no_cost() -> None:
     (record,) = a.take(0.1)
     assert (*tokens(record), record.cost, record.cost_unpriced) == (None, None, None, None, False)
     assert record.usage_missing
-    assert counters.snapshot().rejected == {extract.R_TOKENS_TOO_LARGE: 1}
+    assert counters.snapshot().rejected == {validation.R_TOKENS_TOO_LARGE: 1}
 
 
 def test_a_call_whose_tokens_are_rejected_lends_no_cost() -> None:

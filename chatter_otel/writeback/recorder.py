@@ -12,7 +12,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from chatter_otel.writeback import extract
+from chatter_otel.writeback import validation
 from chatter_otel.writeback.extract import Call, Owner
 from chatter_otel.writeback.records import INT32_MAX, KIND_TURN, MAX_COST, TurnRecord
 
@@ -45,7 +45,7 @@ class Recorder:
         if not isinstance(amount, Decimal) or not (
             amount.is_finite() and Decimal(0) <= amount <= MAX_COST
         ):
-            self._reject(extract.R_COST)
+            self._reject(validation.R_COST)
             return None
         return amount
 
@@ -80,11 +80,11 @@ class Recorder:
             priced = True
         if any(n is not None and n > INT32_MAX for n in (prompt, completion, tokens)):
             # The tokens cannot be stored: the cost computed from them is refused with them.
-            self._reject(extract.R_TOKENS_TOO_LARGE)
+            self._reject(validation.R_TOKENS_TOO_LARGE)
             prompt = completion = tokens = None
             priced = unpriced = False
         if cost > MAX_COST:
-            self._reject(extract.R_COST)
+            self._reject(validation.R_COST)
             unpriced = True
         response_ms: int | None = None
         end_ns = owner.end_ns
