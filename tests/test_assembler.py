@@ -442,6 +442,40 @@ def test_a_late_call_below_a_step_that_ends_even_later_is_added() -> None:
     assert (late.kind, late.message_id, late.total_tokens) == ("late", mid, 8)
 
 
+def test_a_late_span_inside_the_counted_call_is_that_call_again() -> None:
+    """A nested duplicate (another instrumentation's span inside our counted one) that ends
+    after the turn was written is not counted twice."""
+    mid = new_ulid()
+    a, counters = assembler()
+    _finished_turn(a, mid)
+    a.add(make_span(13, 11, oi_usage(10, 2)), now=5.0)
+    assert a.take(5.1) == []
+    assert (counters.snapshot().late_conflicts, counters.snapshot().late) == (1, 0)
+
+
+def test_a_late_chain_reaching_the_counted_call_through_a_late_step_is_not_counted() -> None:
+    """The late call waits for its step; when the step arrives below the counted call, the
+    chain leaves the group at a shadowed span: the same call again."""
+    mid = new_ulid()
+    a, counters = assembler()
+    _finished_turn(a, mid)
+    a.add(make_span(15, 14, usage(10, 2)), now=5.0)
+    a.add(make_span(14, 11), now=6.0)
+    assert a.take(6.1) == []
+    assert (counters.snapshot().late_conflicts, counters.snapshot().late) == (1, 0)
+
+
+def test_a_late_call_beside_the_counted_call_is_added() -> None:
+    """Under the counted call's parent step (above it, not below): another call."""
+    mid = new_ulid()
+    a, counters = assembler()
+    _finished_turn(a, mid)
+    a.add(make_span(16, 2, usage(10, 2)), now=5.0)
+    (late,) = a.take(5.1)
+    assert (late.kind, late.message_id, *tokens(late)) == ("late", mid, 10, 2, 12)
+    assert (counters.snapshot().late_conflicts, counters.snapshot().late) == (0, 1)
+
+
 def test_a_call_ending_after_the_message_ttl_is_counted_unowned_and_warned(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
