@@ -21,28 +21,19 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
-from sqlalchemy import text
 from sqlalchemy.engine import URL
-
-from chatter_otel.service.llm import PER_MESSAGE_TOKENS, count_tokens
 
 # The throwaway server of the write-back outage test, reused rather than duplicated.
 from tests._pg import Throwaway, free_port, throwaway_server
 from tests.conftest import create_private_database
-from tests.test_writeback_support import aggregates_exact, engine_for, price
 
 REPO = Path(__file__).resolve().parent.parent
-LEDGER = "chatter_otel.chatter_otel_writeback_ledger"
-ECHO_MODEL = "offline-echo-1"
-HISTORY_LIMIT = 20
-"""chatter_otel.service.chat.HISTORY_LIMIT: messages the offline model sees per turn."""
 
 
 def wait_for(
@@ -767,7 +758,8 @@ class ChatLoad:
     for the answer before writing again) until stopped, ``max_turns`` or ``max_seconds``.
 
     ``targets`` rotates the turns of each conversation over several services (a load
-    balancer in front of replicas).
+    balancer in front of replicas). Every ``tool_every``-th turn asks for a computation: the
+    offline model calls the calculator, a turn of two model calls (0: never).
     """
 
     def __init__(
@@ -779,8 +771,10 @@ class ChatLoad:
         max_turns: int = 10_000,
         max_seconds: float = 120.0,
         timeout: float = 60.0,
+        tool_every: int = 3,
     ) -> None:
         self.targets = list(targets)
+        self.tool_every = tool_every
         self.conversations = list(conversations)
         self.pause, self.max_turns, self.max_seconds = pause, max_turns, max_seconds
         self.timeout = timeout
@@ -825,7 +819,7 @@ class ChatLoad:
                 try:
                     r = client.post(
                         f"/api/v1/conversations/{cid}/messages",
-                        json={"content": f"turn {turn} of conversation {index}, hello"},
+                        json={"content": self._text(index, turn)},
                     )
                     status = r.status_code
                     if status == 201:
@@ -842,6 +836,11 @@ class ChatLoad:
         finally:
             for client in clients:
                 client.close()
+
+    def _text(self, index: int, turn: int) -> str:
+        if self.tool_every and turn % self.tool_every == self.tool_every - 1:
+            return f"turn {turn} of conversation {index}, compute {turn} * 7 + {index}"
+        return f"turn {turn} of conversation {index}, hello"
 
     def done(self) -> int:
         with self._lock:
@@ -908,140 +907,7 @@ def summarize(requests: Sequence[Request]) -> Window:
     )
 
 
-# --- exactness of what the service stored --------------------------------------------------
-
-
-@dataclass
-class StoredTurns:
-    """What the database says about every chat turn, checked against the offline model."""
-
-    assistant: int = 0
-    """Assistant messages stored (without error)."""
-    with_usage: int = 0
-    user: int = 0
-    missing_usage: list[str] = field(default_factory=list)
-    wrong_usage: list[str] = field(default_factory=list)
-    ledger_problems: list[str] = field(default_factory=list)
-    aggregates: list[tuple[Any, ...]] = field(default_factory=list)
-    ids: set[str] = field(default_factory=set)
-
-    @property
-    def problems(self) -> list[str]:
-        return [
-            *(f"no usage: {m}" for m in self.missing_usage[:10]),
-            *self.wrong_usage[:10],
-            *self.ledger_problems[:10],
-            *(f"conversation totals differ from its messages: {a}" for a in self.aggregates[:10]),
-        ]
-
-
-_ROWS = text(
-    "SELECT m.id, m.conversation_id, m.role, m.content, m.sequence_number, m.error_message, "
-    "m.prompt_tokens, m.completion_tokens, m.total_tokens, m.cost, m.model_used, "
-    "m.provider_used FROM messages m ORDER BY m.conversation_id, m.sequence_number"
-)
-
-
-def _ledger(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
-    exists = conn.execute(text("SELECT to_regclass(:t)"), {"t": LEDGER}).scalar()
-    if exists is None:
-        return {}
-    rows = conn.execute(
-        text(f"SELECT message_id, status, total_tokens FROM {LEDGER} ORDER BY message_id")
-    ).all()
-    out: dict[str, list[tuple[Any, ...]]] = {}
-    for row in rows:
-        out.setdefault(row[0], []).append(tuple(row))
-    return out
-
-
-def stored_turns(url: URL, *, concurrent: Collection[str] = ()) -> StoredTurns:
-    """Checks every assistant message against what the offline model reported.
-
-    A conversation's turns that ran one after the other saw the stored messages before
-    them as history, so prompt tokens are recomputed exactly. In ``concurrent``
-    conversations (several turns at once) the history is unknown: only the completion is
-    recomputed, and the prompt must hold at least one message.
-    """
-    engine = engine_for(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(_ROWS).all()
-            ledger = _ledger(conn)
-    finally:
-        engine.dispose()
-    report = StoredTurns(aggregates=aggregates_exact(url))
-    history: list[Any] = []
-    conversation = None
-    for row in rows:
-        mid, cid, role, content, _seq, error, prompt, completion, total, cost, model, provider = row
-        if cid != conversation:
-            conversation, history = cid, []
-        role = getattr(role, "name", role)
-        if role == "USER":
-            report.user += 1
-        if role == "ASSISTANT" and error is None:
-            report.assistant += 1
-            report.ids.add(mid)
-            sequential = cid not in concurrent
-            seen = history[-HISTORY_LIMIT:]
-            want_prompt = sum(count_tokens(c) + PER_MESSAGE_TOKENS for c in seen)
-            want_completion = count_tokens(content)
-            if total is None:
-                report.missing_usage.append(mid)
-            else:
-                report.with_usage += 1
-                prompt_ok = (
-                    prompt == want_prompt if sequential else (prompt or 0) > PER_MESSAGE_TOKENS
-                )
-                want_cost = price(prompt or 0, want_completion)
-                if not (
-                    prompt_ok
-                    and completion == want_completion
-                    and total == (prompt or 0) + want_completion
-                    and cost is not None
-                    and abs(Decimal(str(cost)) - want_cost) <= Decimal("1e-12")
-                    and model == ECHO_MODEL
-                    and provider == "offline"
-                ):
-                    report.wrong_usage.append(
-                        f"message {mid}: stored ({prompt}, {completion}, {total}, {cost}, "
-                        f"{model}, {provider}), the model reported ({want_prompt if sequential else '?'}, "
-                        f"{want_completion}, cost {want_cost})"
-                    )
-                entries = ledger.get(mid, [])
-                if len(entries) != 1 or entries[0][1] != "applied" or entries[0][2] != total:
-                    report.ledger_problems.append(f"message {mid}: ledger rows {entries}")
-        if role in ("USER", "ASSISTANT") and error is None:
-            history.append(content)
-    return report
-
-
-def message_usage(url: URL) -> dict[str, tuple[int | None, float | None]]:
-    """Every message's (total_tokens, cost), in one query."""
-    engine = engine_for(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(text("SELECT id, total_tokens, cost FROM messages")).all()
-    finally:
-        engine.dispose()
-    return {row[0]: (row[1], row[2]) for row in rows}
-
-
-def assistant_without_usage(url: URL) -> int:
-    engine = engine_for(url)
-    try:
-        with engine.connect() as conn:
-            return int(
-                conn.execute(
-                    text(
-                        "SELECT count(*) FROM messages WHERE role = 'ASSISTANT' "
-                        "AND error_message IS NULL AND total_tokens IS NULL"
-                    )
-                ).scalar_one()
-            )
-    finally:
-        engine.dispose()
+# --- spool files ------------------------------------------------------------------------
 
 
 def spool_records(directory: Path) -> int:

@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanContext, Tracer
 from chatter_otel import conventions as c
 from chatter_otel.pricing import Pricing
 from chatter_otel.service.models import new_ulid
-from chatter_otel.writeback import extract
+from chatter_otel.writeback import extract, validation
 from chatter_otel.writeback.assembler import Assembler
 from chatter_otel.writeback.records import TurnRecord
 from chatter_otel.writeback.stats import Counters
@@ -34,10 +34,10 @@ S = 1_000_000_000  # one second in ns
 RESOURCE = Resource.get_empty()
 
 REASONS = {
-    extract.R_TOKENS_TYPE,
-    extract.R_TOKENS_NEGATIVE,
-    extract.R_TOKENS_TOO_LARGE,
-    extract.R_TOKENS_NOT_FINITE,
+    validation.R_TOKENS_TYPE,
+    validation.R_TOKENS_NEGATIVE,
+    validation.R_TOKENS_TOO_LARGE,
+    validation.R_TOKENS_NOT_FINITE,
 }
 
 
@@ -224,10 +224,10 @@ def test_arbitrary_attributes_never_raise_and_records_are_database_safe(
     stats = counters.snapshot()
     assert set(stats.rejected) <= {
         *REASONS,
-        extract.R_COST,
-        extract.R_TEXT,
-        extract.R_MESSAGE_ID,
-        extract.R_CALL_ID,
+        validation.R_COST,
+        validation.R_TEXT,
+        validation.R_MESSAGE_ID,
+        validation.R_CALL_ID,
     }
     assert a.sizes == dict.fromkeys(a.sizes, 0)
 
@@ -442,6 +442,40 @@ def test_a_late_call_below_a_step_that_ends_even_later_is_added() -> None:
     assert (late.kind, late.message_id, late.total_tokens) == ("late", mid, 8)
 
 
+def test_a_late_span_inside_the_counted_call_is_that_call_again() -> None:
+    """A nested duplicate (another instrumentation's span inside our counted one) that ends
+    after the turn was written is not counted twice."""
+    mid = new_ulid()
+    a, counters = assembler()
+    _finished_turn(a, mid)
+    a.add(make_span(13, 11, oi_usage(10, 2)), now=5.0)
+    assert a.take(5.1) == []
+    assert (counters.snapshot().late_conflicts, counters.snapshot().late) == (1, 0)
+
+
+def test_a_late_chain_reaching_the_counted_call_through_a_late_step_is_not_counted() -> None:
+    """The late call waits for its step; when the step arrives below the counted call, the
+    chain leaves the group at a shadowed span: the same call again."""
+    mid = new_ulid()
+    a, counters = assembler()
+    _finished_turn(a, mid)
+    a.add(make_span(15, 14, usage(10, 2)), now=5.0)
+    a.add(make_span(14, 11), now=6.0)
+    assert a.take(6.1) == []
+    assert (counters.snapshot().late_conflicts, counters.snapshot().late) == (1, 0)
+
+
+def test_a_late_call_beside_the_counted_call_is_added() -> None:
+    """Under the counted call's parent step (above it, not below): another call."""
+    mid = new_ulid()
+    a, counters = assembler()
+    _finished_turn(a, mid)
+    a.add(make_span(16, 2, usage(10, 2)), now=5.0)
+    (late,) = a.take(5.1)
+    assert (late.kind, late.message_id, *tokens(late)) == ("late", mid, 10, 2, 12)
+    assert (counters.snapshot().late_conflicts, counters.snapshot().late) == (0, 1)
+
+
 def test_a_call_ending_after_the_message_ttl_is_counted_unowned_and_warned(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -533,7 +567,7 @@ def test_a_turn_whose_tokens_are_rejected_contributes_no_cost() -> None:
     (record,) = a.take(0.1)
     assert (*tokens(record), record.cost, record.cost_unpriced) == (None, None, None, None, False)
     assert record.usage_missing
-    assert counters.snapshot().rejected == {extract.R_TOKENS_TOO_LARGE: 1}
+    assert counters.snapshot().rejected == {validation.R_TOKENS_TOO_LARGE: 1}
 
 
 def test_a_call_whose_tokens_are_rejected_lends_no_cost() -> None:

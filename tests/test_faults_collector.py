@@ -24,17 +24,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
+from tests._exactness import assistant_without_usage, stored_turns
 from tests._faults import (
     ChatLoad,
     FakeCollector,
     SilentServer,
     Window,
-    assistant_without_usage,
     create_conversations,
     refused_port,
     service_env,
     serving,
-    stored_turns,
     summarize,
     url_text,
     wait_for,

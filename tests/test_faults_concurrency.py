@@ -20,14 +20,13 @@ from sqlalchemy.engine import URL
 
 from chatter_otel.service.db import Database
 from chatter_otel.service.models import Base
+from tests._exactness import assistant_without_usage, stored_turns
 from tests._faults import (
     ChatLoad,
-    assistant_without_usage,
     create_conversations,
     metric,
     service_env,
     serving_many,
-    stored_turns,
     summarize,
     url_text,
     wait_for,

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
+from tests._exactness import Turn, message_usage, multi_call_plan, planned_usage_problems
 from tests._faults import (
     PgCluster,
     TcpProxy,
     Worker,
-    message_usage,
     spool_records,
     via,
 )
@@ -66,16 +66,9 @@ LOAD_INTERVAL = _setting("CHATTER_FAULT_FLUSH_INTERVAL", BOUND_INTERVAL)
 LOAD_RATE = _setting("CHATTER_FAULT_RATE", 300.0)
 
 
-Turn = tuple[str, str, list[tuple[int, int]]]
-
-
 def _plan(url: URL, path: Path, count: int = TURNS) -> list[Turn]:
-    rows = seed(url, conversations=6, messages=-(-count // 6))
-    turns = [
-        (mid, cid, [(index + 2, index % 5 + 1)])
-        for cid, mids in rows.messages.items()
-        for index, mid in enumerate(mids)
-    ][:count]
+    """One, two sequential or three parallel calls per turn (see ``multi_call_plan``)."""
+    turns = multi_call_plan(seed(url, conversations=6, messages=-(-count // 6)))[:count]
     path.write_text(json.dumps(turns))
     return turns
 
@@ -119,16 +112,19 @@ def _restart_and_drain(tmp_path: Path, url: URL) -> Worker:
 
 
 def _written(url: URL, turns: list[Turn]) -> dict[str, int]:
-    """Messages that received usage, each checked to be exactly its turn's."""
+    """Messages that received usage. Each has exactly the sum of its turn's calls, and each
+    conversation the sum over its messages with usage, recomputed from the plan."""
     ledger = ledger_rows(url)
     applied = {r["message_id"] for r in ledger if r["status"] == "applied"}
     assert len(ledger) == len(applied), "a record was written twice"
+    problems = planned_usage_problems(url, turns, all_written=False)
+    assert problems == [], "\n".join(problems[:10])
     stored = message_usage(url)
     out: dict[str, int] = {}
-    for mid, _, calls in turns:
+    for mid, *_ in turns:
         tokens = stored[mid][0]
         if mid in applied:
-            assert tokens == sum(a + b for a, b in calls), f"message {mid}"
+            assert tokens is not None, f"message {mid} has a ledger row but no usage"
             out[mid] = tokens
         else:
             assert tokens is None, f"message {mid} has usage but no ledger row"
@@ -150,7 +146,7 @@ def _bound_figures(
     ended = _ended_at(worker)
     emitted = worker.last["emitted"]
     ages = []
-    for index, (mid, _, _) in enumerate(turns[: emitted + 1]):
+    for index, (mid, *_) in enumerate(turns[: emitted + 1]):
         if mid not in written:
             # The one turn that may have ended without a report yet ended just before the kill.
             ages.append(killed_at - ended.get(index, killed_at))

@@ -22,12 +22,12 @@ from sqlalchemy.engine import URL
 
 from chatter_otel.pricing import Pricing
 from chatter_otel.writeback import WritebackSpanProcessor
+from tests._exactness import Turn, emit_turn, multi_call_plan, planned_usage_problems
 from tests._faults import (
     CUT_AFTER_COMMIT,
     CUT_IN_TRANSACTION,
     PgCluster,
     TcpProxy,
-    message_usage,
     spool_records,
     via,
 )
@@ -35,9 +35,7 @@ from tests.test_writeback_support import (
     Seeded,
     aggregates_exact,
     ledger_rows,
-    price,
     seed,
-    simple_turn,
     tracing,
 )
 
@@ -49,25 +47,13 @@ BATCH = 20
 @dataclass
 class Plan:
     rows: Seeded
-    turns: list[tuple[str, str, list[tuple[int, int]]]]
-
-    @property
-    def tokens(self) -> dict[str, int]:
-        return {mid: sum(a + b for a, b in calls) for mid, _, calls in self.turns}
-
-    @property
-    def cost(self) -> dict[str, float]:
-        return {mid: float(sum(price(a, b) for a, b in calls)) for mid, _, calls in self.turns}
+    turns: list[Turn]
+    """One, two sequential or three parallel calls per turn (see ``multi_call_plan``)."""
 
 
 def _plan(url: URL) -> Plan:
     rows = seed(url, conversations=6, messages=60)
-    turns = [
-        (mid, cid, [(index + 3, index % 7 + 1), (11, index % 3)][: 1 + index % 2])
-        for cid, mids in rows.messages.items()
-        for index, mid in enumerate(mids)
-    ]
-    return Plan(rows, turns)
+    return Plan(rows, multi_call_plan(rows))
 
 
 def _processor(url: URL, spool: Path) -> WritebackSpanProcessor:
@@ -96,18 +82,14 @@ def _drain(processor: WritebackSpanProcessor, flush: Callable[[int], bool]) -> f
 
 
 def _assert_exact(url: URL, plan: Plan) -> None:
-    tokens, cost = plan.tokens, plan.cost
-    stored = message_usage(url)
-    wrong = [
-        (mid, stored[mid], (tokens[mid], cost[mid]))
-        for mid in tokens
-        if stored[mid][0] != tokens[mid] or abs(float(stored[mid][1] or -1) - cost[mid]) > 1e-12
-    ]
-    assert wrong == [], f"{len(wrong)} messages wrong, e.g. (id, stored, expected): {wrong[:5]}"
-    assert aggregates_exact(url) == []  # conversations equal their messages
+    """Every message and conversation equal to the sum of its calls, recomputed from the
+    plan; one applied ledger row per turn."""
+    problems = planned_usage_problems(url, plan.turns)
+    assert problems == [], f"{len(problems)} wrong, e.g.: " + "\n".join(problems[:5])
+    assert aggregates_exact(url) == []  # counts and last times too
     ledger = ledger_rows(url)
     assert len(ledger) == len(plan.turns)
-    assert {r["message_id"] for r in ledger} == set(tokens)
+    assert {r["message_id"] for r in ledger} == {turn[0] for turn in plan.turns}
     assert all(r["status"] == "applied" for r in ledger)
 
 
@@ -126,8 +108,8 @@ def _run_with_fault(
         peak_spool, peak_memory = [0], [0]
 
         def load() -> None:
-            for mid, cid, calls in plan.turns:
-                simple_turn(t.tracer, mid, cid, calls)
+            for turn in plan.turns:
+                emit_turn(t.tracer, turn)
                 time.sleep(1 / 150)
             done.set()
 
@@ -251,12 +233,12 @@ def test_shutdown_while_the_database_hangs_spools_and_the_next_start_replays(
         first = _processor(via(url, proxy.port), spool)
         t = tracing(first)
         half = len(plan.turns) // 2
-        for mid, cid, calls in plan.turns[:half]:
-            simple_turn(t.tracer, mid, cid, calls)
+        for turn in plan.turns[:half]:
+            emit_turn(t.tracer, turn)
         assert t.provider.force_flush(30_000)  # the first half is written
         proxy.stall()
-        for mid, cid, calls in plan.turns[half:]:
-            simple_turn(t.tracer, mid, cid, calls)
+        for turn in plan.turns[half:]:
+            emit_turn(t.tracer, turn)
         time.sleep(0.5)
         started = time.monotonic()
         first.shutdown(timeout_millis=3000)

@@ -13,16 +13,15 @@ import signal
 import time
 from pathlib import Path
 
+from tests._exactness import assistant_without_usage, stored_turns
 from tests._faults import (
     ChatLoad,
     PgCluster,
     TcpProxy,
-    assistant_without_usage,
     create_conversations,
     service_env,
     serving,
     spool_records,
-    stored_turns,
     summarize,
     url_text,
     via,

@@ -17,7 +17,7 @@ from ulid import ULID
 from chatter_otel.config import ConfigError
 from chatter_otel.service.models import new_ulid
 from chatter_otel.usage import MAX_TOKENS
-from chatter_otel.writeback import TurnRecord, WritebackMapping, extract
+from chatter_otel.writeback import TurnRecord, WritebackMapping, validation
 from chatter_otel.writeback.records import INT32_MAX, is_ulid
 from chatter_otel.writeback.spool import Spool
 from tests.test_writeback_support import sample_record
@@ -57,10 +57,10 @@ def test_mapping_defaults_and_limits() -> None:
 # --- values -----------------------------------------------------------------------------------
 
 REASONS = {
-    extract.R_TOKENS_TYPE,
-    extract.R_TOKENS_NEGATIVE,
-    extract.R_TOKENS_TOO_LARGE,
-    extract.R_TOKENS_NOT_FINITE,
+    validation.R_TOKENS_TYPE,
+    validation.R_TOKENS_NEGATIVE,
+    validation.R_TOKENS_TOO_LARGE,
+    validation.R_TOKENS_NOT_FINITE,
 }
 
 anything = st.one_of(
@@ -84,11 +84,11 @@ def test_token_count_accepts_exactly_the_integers_in_range(value: Any) -> None:
         and 0 <= value <= MAX_TOKENS
     )
     if in_range:
-        assert extract.token_count(value) == int(value)
-        assert type(extract.token_count(value)) is int
+        assert validation.token_count(value) == int(value)
+        assert type(validation.token_count(value)) is int
     else:
-        with pytest.raises(extract._Invalid) as info:
-            extract.token_count(value)
+        with pytest.raises(validation.Invalid) as info:
+            validation.token_count(value)
         assert info.value.reason in REASONS
 
 
@@ -101,22 +101,22 @@ def test_cost_accepts_finite_non_negative_bounded_numbers(value: Any) -> None:
         and 0 <= value <= 10**6
     )
     if ok:
-        assert extract.cost_value(value) == Decimal(repr(value))
+        assert validation.cost_value(value) == Decimal(repr(value))
     else:
-        with pytest.raises(extract._Invalid):
-            extract.cost_value(value)
+        with pytest.raises(validation.Invalid):
+            validation.cost_value(value)
 
 
 @given(st.one_of(st.text(), anything), st.integers(min_value=1, max_value=120))
 def test_text_is_clean_and_fits_its_column(value: Any, limit: int) -> None:
     reasons: list[str] = []
-    text = extract.text_value(value, limit, reasons.append)
+    text = validation.text_value(value, limit, reasons.append)
     if text is not None:
         assert 0 < len(text) <= limit
         text.encode("utf-8")
         assert all(ch.isprintable() or ch == " " or ch.isspace() for ch in text)
         assert not any(ch in text for ch in "\x00\n\r\t\x1b")
-    assert reasons in ([], [extract.R_TEXT])
+    assert reasons in ([], [validation.R_TEXT])
 
 
 @given(st.text(max_size=30))

@@ -2,10 +2,11 @@
 
 Runs on the processor's assembler thread only (no locking inside). An *owner* is a span with
 ``chatter.message.id`` (or ``chatter.message.unbound``, waiting for ``bind_message``); it owns
-the LLM usage of its subtree down to the next owner. Which spans count is
-:mod:`~chatter_otel.writeback.tally`'s job; this module finds each span's owner, so that the
-work per span is constant whatever else shares its trace (a constant ``traceparent`` puts
-every turn of a service in one trace):
+the LLM usage of its subtree down to the next owner. This module finds each span's owner, so
+that the work per span is constant whatever else shares its trace (a constant
+``traceparent`` puts every turn of a service in one trace). The parts: :mod:`.waiting` (spans
+waiting for their owner), :mod:`.tally` (which calls count), :mod:`.recorder` (their sum),
+:mod:`.finished` (finalized owners, for late spans), :mod:`.losses` (usage no owner takes).
 
 * A span whose parent is already resolved joins that parent's owner at once.
 * Otherwise it waits, *unresolved*, under its parent id (``children``); when that parent
@@ -37,69 +38,24 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from chatter_otel import conventions as c
 from chatter_otel.writeback import extract
-from chatter_otel.writeback.extract import Call, Owner
+from chatter_otel.writeback.extract import Call
+from chatter_otel.writeback.finished import Finished, FinishedIndex
+from chatter_otel.writeback.losses import WARN_EVERY, Losses
+from chatter_otel.writeback.recorder import Recorder
 from chatter_otel.writeback.records import KIND_LATE, KIND_TURN, TurnRecord
 from chatter_otel.writeback.stats import Counters
-from chatter_otel.writeback.tally import Recorder, select
+from chatter_otel.writeback.tally import select
+from chatter_otel.writeback.waiting import Calls, Links, OpenOwner, TraceState
 
 if TYPE_CHECKING:
     from chatter_otel.pricing import PricingLike
 
 logger = logging.getLogger("chatter_otel.writeback")
 
-WARN_EVERY: Final = 60.0
-"""Seconds between two WARNING lines about unowned usage (the count covers the interval)."""
+__all__ = ["R_BIND", "WARN_EVERY", "Assembler"]
+
 R_BIND: Final = "bind_unmatched"
 """Rejection reason: a bind for a turn that already had a message id, or came too late."""
-
-
-class _Open:
-    """An owner that arrived and is not finalized yet, with its subtree so far."""
-
-    __slots__ = ("calls", "finalized", "links", "owner", "trace_id")
-
-    def __init__(self, trace_id: int, owner: Owner) -> None:
-        self.trace_id = trace_id
-        self.owner = owner
-        self.links: dict[int, int | None] = {}
-        self.calls: dict[int, Call] = {}
-        self.finalized = False
-
-
-class _Done:
-    """A finalized owner, as the index keeps it for late spans."""
-
-    __slots__ = ("call_ids", "expires", "owner", "shadowed", "spans", "trace_id")
-
-    def __init__(self, trace_id: int, owner: Owner, expires: float) -> None:
-        self.trace_id = trace_id
-        self.owner = owner
-        self.expires = expires
-        self.spans: list[int] = []
-        self.shadowed: set[int] = set()
-        self.call_ids: set[str] = set()
-
-
-class _Trace:
-    """The unresolved spans and the open owners of one trace."""
-
-    __slots__ = ("binds", "calls", "children", "links", "owner_of")
-
-    def __init__(self) -> None:
-        self.links: dict[int, int] = {}
-        """Unresolved span -> its parent id."""
-        self.children: dict[int, set[int]] = {}
-        """Span id (seen or not) -> its unresolved children."""
-        self.calls: dict[int, Call] = {}
-        """The unresolved spans that carry usage."""
-        self.owner_of: dict[int, _Open] = {}
-        """Spans resolved to an open owner (the owner span included)."""
-        self.binds: dict[int, tuple[str, str | None]] = {}
-        """Binds that arrived before the owner span they name."""
-
-    @property
-    def empty(self) -> bool:
-        return not (self.links or self.owner_of or self.binds)
 
 
 class Assembler:
@@ -130,19 +86,16 @@ class Assembler:
         self._max_spans = max_spans_per_trace
         self._max_index = max_index
         self._recorder = Recorder(pricing, counters.reject)
-        self._traces: OrderedDict[int, _Trace] = OrderedDict()
-        self._index: dict[int, _Done] = {}
-        """Span id -> finalized owner (the trace id is checked on lookup)."""
-        self._done: deque[_Done] = deque()
-        self._due: deque[tuple[float, _Open]] = deque()
-        self._unbound: deque[tuple[float, _Open]] = deque()
+        self._losses = Losses(counters)
+        self._traces: OrderedDict[int, TraceState] = OrderedDict()
+        self._finished = FinishedIndex(max_index)
+        self._due: deque[tuple[float, OpenOwner]] = deque()
+        self._unbound: deque[tuple[float, OpenOwner]] = deque()
         self._aging: deque[tuple[float, int, int]] = deque()
         """(arrival, trace id, span id) of unresolved plain spans and early binds."""
         self._aging_calls: deque[tuple[float, int, int]] = deque()
         self._ready: list[TurnRecord] = []
         self._made = 0
-        self._unowned_since_warning = 0
-        self._warned_at = -WARN_EVERY
 
     # --- input ------------------------------------------------------------------------
 
@@ -155,16 +108,16 @@ class Assembler:
         parent_id = parent.span_id if parent is not None else None
         attrs = extract.attributes_of(span)
         state = self._traces.get(trace_id)
-        if self._done_for(trace_id, span_id) is not None or (
-            state is not None and (span_id in state.links or span_id in state.owner_of)
+        if self._finished.get(trace_id, span_id) is not None or (
+            state is not None and state.knows(span_id)
         ):
             self._counters.add("duplicates")
             return
         if state is None:
             if not extract.is_relevant(attrs):
-                done = self._done_for(trace_id, parent_id)
+                done = self._finished.get(trace_id, parent_id)
                 if done is not None:  # a plain span ending after its turn: late children
-                    self._index_spans(done, [span_id])
+                    self._finished.add(done, [span_id])
                 return
             state = self._new_trace(trace_id, now)
         else:
@@ -183,7 +136,7 @@ class Assembler:
 
     def _place(
         self,
-        state: _Trace,
+        state: TraceState,
         trace_id: int,
         span_id: int,
         parent_id: int | None,
@@ -191,41 +144,31 @@ class Assembler:
         now: float,
     ) -> None:
         """Puts a span that is not an owner where its parent leads."""
-        if parent_id is not None:
-            target = state.owner_of.get(parent_id)
-            if target is not None:
-                links, calls = self._subtree(state, span_id, parent_id, call)
-                self._join(state, target, links, calls)
-                return
-            done = self._done_for(trace_id, parent_id)
-            if done is not None:
-                links, calls = self._subtree(state, span_id, parent_id, call)
-                self._late(done, links, calls)
-                return
-            if (
-                call is None
-                and span_id not in state.children
-                and len(state.links) >= self._max_spans
-            ):
-                return  # nothing waits on it: only a late child could need it
-            if call is not None and len(state.calls) >= self._max_spans:
-                self._unowned({span_id: parent_id}, {span_id: call}, "too many calls waiting")
-                return
-            state.links[span_id] = parent_id
-            state.children.setdefault(parent_id, set()).add(span_id)
-            if call is not None:
-                state.calls[span_id] = call
-                self._aging_calls.append((now, trace_id, span_id))
-            else:
-                self._aging.append((now, trace_id, span_id))
+        if parent_id is None:
+            # A root that is not an owner: nothing above it can own its subtree.
+            links, calls = state.subtree(span_id, None, call)
+            self._losses.subtree(links, calls, "no span above it carries " + c.CHATTER_MESSAGE_ID)
             return
-        # A root that is not an owner: nothing above it can own its subtree.
-        links, calls = self._subtree(state, span_id, None, call)
-        self._unowned(links, calls, "no span above it carries " + c.CHATTER_MESSAGE_ID)
+        target = state.owner_of.get(parent_id)
+        if target is not None:
+            state.join(target, *state.subtree(span_id, parent_id, call))
+            return
+        done = self._finished.get(trace_id, parent_id)
+        if done is not None:
+            self._late(done, *state.subtree(span_id, parent_id, call))
+            return
+        if call is None and span_id not in state.children and len(state.links) >= self._max_spans:
+            return  # nothing waits on it: only a late child could need it
+        if call is not None and len(state.calls) >= self._max_spans:
+            self._losses.subtree({span_id: parent_id}, {span_id: call}, "too many calls waiting")
+            return
+        state.wait(span_id, parent_id, call)
+        queue = self._aging_calls if call is not None else self._aging
+        queue.append((now, trace_id, span_id))
 
     def _open(
         self,
-        state: _Trace,
+        state: TraceState,
         trace_id: int,
         span: ReadableSpan,
         span_id: int,
@@ -237,12 +180,11 @@ class Assembler:
         call = None
         if extract.has_usage(attrs):
             call = extract.read_call(span, attrs, self._counters.reject, self._limits)
-        target = _Open(trace_id, owner)
-        links, calls = self._subtree(state, span_id, parent_id, call)
-        self._join(state, target, links, calls)
+        target = OpenOwner(trace_id, owner)
+        state.join(target, *state.subtree(span_id, parent_id, call))
         bind = state.binds.pop(span_id, None)
         if owner.unbound and bind is not None:
-            self._apply_bind(target, *bind)
+            target.bind(*bind)
         if owner.unbound:
             self._unbound.append((now + self._message_ttl, target))
         else:
@@ -250,7 +192,7 @@ class Assembler:
 
     def _bind(
         self,
-        state: _Trace,
+        state: TraceState,
         trace_id: int,
         parent_id: int | None,
         attrs: Mapping[str, Any],
@@ -265,20 +207,13 @@ class Assembler:
             if not target.owner.unbound:
                 self._counters.reject(R_BIND)
                 return
-            self._apply_bind(target, message_id, conversation_id)
+            target.bind(message_id, conversation_id)
             self._due.append((now + self._grace, target))
-        elif target is not None or self._done_for(trace_id, parent_id) is not None:
+        elif target is not None or self._finished.get(trace_id, parent_id) is not None:
             self._counters.reject(R_BIND)  # not a turn, or one already finalized
         else:
             state.binds[parent_id] = (message_id, conversation_id)
             self._aging.append((now, trace_id, parent_id))
-
-    @staticmethod
-    def _apply_bind(target: _Open, message_id: str, conversation_id: str | None) -> None:
-        owner = target.owner
-        owner.message_id = message_id
-        owner.conversation_id = owner.conversation_id or conversation_id
-        owner.unbound = False
 
     # --- output -----------------------------------------------------------------------
 
@@ -300,8 +235,7 @@ class Assembler:
             _, target = self._unbound.popleft()
             if not target.finalized and target.owner.unbound:
                 self._finalize(target, now)
-        while self._done and (self._done[0].expires <= now or len(self._index) > self._max_index):
-            self._unindex(self._done.popleft())
+        self._finished.expire(now)
         for queue, ttl in ((self._aging, self._trace_ttl), (self._aging_calls, self._call_ttl)):
             # Oldest first; beyond max_index entries the oldest go early (memory stays bounded).
             while queue and (queue[0][0] + ttl <= now or len(queue) > self._max_index):
@@ -311,7 +245,7 @@ class Assembler:
                     self._forget(state, span_id)
                     if state.empty:
                         del self._traces[trace_id]
-        self._warn(time.monotonic())
+        self._losses.warn(time.monotonic())
 
     @property
     def traces(self) -> int:
@@ -328,121 +262,70 @@ class Assembler:
             "traces": len(self._traces),
             "unresolved": sum(len(s.links) for s in self._traces.values()),
             "open": sum(len(s.owner_of) for s in self._traces.values()),
-            "index": len(self._index),
-            "finalized": len(self._done),
+            "index": len(self._finished),
+            "finalized": self._finished.owners,
             "aging": len(self._aging) + len(self._aging_calls),
         }
 
-    # --- resolution -------------------------------------------------------------------
+    # --- trace state ------------------------------------------------------------------
 
-    def _new_trace(self, trace_id: int, now: float) -> _Trace:
+    def _new_trace(self, trace_id: int, now: float) -> TraceState:
         if len(self._traces) >= self._max_traces:
             old_id, old = self._traces.popitem(last=False)
             self._evict(old_id, old, now)
-        state = self._traces[trace_id] = _Trace()
+        state = self._traces[trace_id] = TraceState()
         return state
 
-    def _evict(self, trace_id: int, state: _Trace, now: float) -> None:
+    def _evict(self, trace_id: int, state: TraceState, now: float) -> None:
         """A trace pushed out by the trace limit: its owners are finalized now."""
         for target in {id(t): t for t in state.owner_of.values()}.values():
             if not target.finalized:
                 self._finalize(target, now, state=state)
         if state.calls:
             self._counters.add("traces_evicted")
-            self._unowned(dict(state.links), dict(state.calls), "trace limit reached")
+            self._losses.subtree(dict(state.links), dict(state.calls), "trace limit reached")
 
-    def _done_for(self, trace_id: int, span_id: int | None) -> _Done | None:
-        if span_id is None:
-            return None
-        done = self._index.get(span_id)
-        return done if done is not None and done.trace_id == trace_id else None
-
-    @staticmethod
-    def _subtree(
-        state: _Trace, span_id: int, parent_id: int | None, call: Call | None
-    ) -> tuple[dict[int, int | None], dict[int, Call]]:
-        """The arriving span and its unresolved subtree, taken out of the waiting state."""
-        links: dict[int, int | None] = {span_id: parent_id}
-        calls: dict[int, Call] = {span_id: call} if call is not None else {}
-        stack = [span_id]
-        while stack:
-            node = stack.pop()
-            for child in state.children.pop(node, ()):
-                if state.links.get(child) != node:
-                    continue  # re-linked or resolved since
-                links[child] = state.links.pop(child)
-                found = state.calls.pop(child, None)
-                if found is not None:
-                    calls[child] = found
-                stack.append(child)
-        return links, calls
-
-    def _join(
-        self,
-        state: _Trace,
-        target: _Open,
-        links: dict[int, int | None],
-        calls: dict[int, Call],
-    ) -> None:
-        target.links.update(links)
-        target.calls.update(calls)
-        owner_of = state.owner_of
-        for span_id in links:
-            owner_of[span_id] = target
-
-    def _forget(self, state: _Trace, span_id: int) -> None:
-        """Drops an aged unresolved span; its waiting children now wait on its parent."""
+    def _forget(self, state: TraceState, span_id: int) -> None:
+        """An aged unresolved span or early bind (see :meth:`TraceState.forget`)."""
         if state.binds.pop(span_id, None) is not None:
             self._counters.reject(R_BIND)
             logger.warning("a bind_message waited %.0f s for its turn's span", self._trace_ttl)
-        parent_id = state.links.pop(span_id, None)
-        if parent_id is None:
-            return
-        siblings = state.children.get(parent_id)
-        if siblings is not None:
-            siblings.discard(span_id)
-            if not siblings:
-                del state.children[parent_id]
-        call = state.calls.pop(span_id, None)
-        if call is not None:
-            self._unowned({span_id: parent_id}, {span_id: call}, "its turn did not end in time")
-        for child in state.children.pop(span_id, ()):
-            if state.links.get(child) == span_id:
-                state.links[child] = parent_id
-                state.children.setdefault(parent_id, set()).add(child)
+        dropped = state.forget(span_id)
+        if dropped is not None:
+            parent_id, call = dropped
+            why = "its turn did not end in time"
+            self._losses.subtree({span_id: parent_id}, {span_id: call}, why)
 
     # --- finalizing -------------------------------------------------------------------
 
-    def _finalize(self, target: _Open, now: float, *, state: _Trace | None = None) -> None:
+    def _finalize(self, target: OpenOwner, now: float, *, state: TraceState | None = None) -> None:
         target.finalized = True
         trace_id, owner = target.trace_id, target.owner
         if state is None:
             state = self._traces.get(trace_id)
         if state is not None:
-            for span_id in target.links:
-                if state.owner_of.get(span_id) is target:
-                    del state.owner_of[span_id]
+            state.release(target)
             if state.empty:
                 self._traces.pop(trace_id, None)
         chosen = select(target.links, target.calls)
         self._counters.add("rollups_ignored", chosen.ignored)
-        done = _Done(trace_id, owner, now + self._message_ttl)
+        done = Finished(trace_id, owner, now + self._message_ttl)
         done.shadowed, done.call_ids = chosen.shadowed, chosen.call_ids
-        self._index_spans(done, list(target.links))
+        self._finished.add(done, list(target.links))
+        self._finished.keep(done)
         target.links, target.calls = {}, {}  # an unbound owner's timer still refers to it
-        self._done.append(done)
         if owner.message_id is None:
             why = "its turn was never bound" if owner.unbound else "its message id was refused"
-            self._unowned_calls(chosen.counted, why)
+            self._losses.calls(chosen.counted, why)
             return
         self._made += 1
         self._ready.append(
             self._recorder.record(trace_id, owner, owner.span_id, chosen.counted, KIND_TURN)
         )
 
-    def _late(self, done: _Done, links: dict[int, int | None], calls: dict[int, Call]) -> None:
+    def _late(self, done: Finished, links: Links, calls: Calls) -> None:
         """Spans that reached an owner after it was finalized."""
-        self._index_spans(done, list(links))
+        self._finished.add(done, list(links))
         if not calls:
             return
         chosen = select(
@@ -461,7 +344,7 @@ class Assembler:
             )
         owner = done.owner
         if owner.message_id is None:
-            self._unowned_calls(chosen.counted, "its turn was never bound")
+            self._losses.calls(chosen.counted, "its turn was never bound")
             return
         for call in chosen.counted:
             if not call.valid:
@@ -471,42 +354,3 @@ class Assembler:
             self._ready.append(
                 self._recorder.record(done.trace_id, owner, call.span_id, [call], KIND_LATE)
             )
-
-    def _index_spans(self, done: _Done, spans: list[int]) -> None:
-        index = self._index
-        for span_id in spans:
-            index[span_id] = done
-        done.spans.extend(spans)
-
-    def _unindex(self, done: _Done) -> None:
-        index = self._index
-        for span_id in done.spans:
-            if index.get(span_id) is done:
-                del index[span_id]
-
-    # --- losses -----------------------------------------------------------------------
-
-    def _unowned(self, links: dict[int, int | None], calls: dict[int, Call], why: str) -> None:
-        if calls:
-            self._unowned_calls(select(links, calls).counted, why)
-
-    def _unowned_calls(self, calls: list[Call], why: str) -> None:
-        lost = sum(1 for call in calls if call.valid)
-        if not lost:
-            return
-        self._counters.add("unowned", lost)
-        self._unowned_since_warning += lost
-        logger.debug("%d LLM call(s) with usage not written: %s", lost, why)
-        self._warn(time.monotonic(), why)
-
-    def _warn(self, now: float, why: str | None = None) -> None:
-        if not self._unowned_since_warning or now - self._warned_at < WARN_EVERY:
-            return
-        logger.warning(
-            "write-back: %d LLM call(s) with usage had no message to go to (%s); "
-            "counted as unowned",
-            self._unowned_since_warning,
-            why or "see DEBUG lines",
-        )
-        self._unowned_since_warning = 0
-        self._warned_at = now

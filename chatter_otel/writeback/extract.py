@@ -13,16 +13,13 @@ Usage is read from every convention instrumentations emit; per field the first p
 * finish reason: the first of ``gen_ai.response.finish_reasons``; cost: ``gen_ai.usage.cost``;
 * call identity: ``chatter.call.id`` (the same on every span of one provider call).
 
-Every value is validated before it can reach SQL: token counts are integers in
-``[0, MAX_TOKENS]`` (integral floats are accepted, booleans are not), a cost is a finite
-number in ``[0, MAX_COST]``, ids are ULIDs, and text is free of control characters and cut
-to its column length. A value that fails is dropped with a reason the caller counts.
+Every value is validated before it can reach SQL (see :mod:`.validation`; ids are ULIDs). A
+value that fails is dropped with a reason the caller counts.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
@@ -31,7 +28,20 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from chatter_otel import conventions as c
 from chatter_otel.usage import MAX_TOKENS, Usage
-from chatter_otel.writeback.records import MAX_COST, clean_text, is_ulid
+from chatter_otel.writeback.records import clean_text, is_ulid
+from chatter_otel.writeback.validation import (
+    R_CALL_ID,
+    R_CONVERSATION_ID,
+    R_MESSAGE_ID,
+    R_TIMES,
+    R_TOKENS_TOO_LARGE,
+    R_USER_ID,
+    Invalid,
+    Reject,
+    cost_value,
+    text_value,
+    token_count,
+)
 
 INPUT_KEYS: Final = (
     c.GEN_AI_USAGE_INPUT_TOKENS,
@@ -70,27 +80,6 @@ USAGE_KEYS: Final = frozenset((*INPUT_KEYS, *OUTPUT_KEYS, *TOTAL_KEYS, *COST_KEY
 RELEVANT_KEYS: Final = USAGE_KEYS | {c.CHATTER_MESSAGE_ID, c.CHATTER_MESSAGE_UNBOUND}
 MAX_CALL_ID: Final = 128
 """Longest ``chatter.call.id`` accepted (ours are 32 hex digits)."""
-
-# Rejection reasons (the ``reason`` attribute of the rejected metric).
-R_TOKENS_TYPE: Final = "tokens_not_integer"
-R_TOKENS_NEGATIVE: Final = "tokens_negative"
-R_TOKENS_TOO_LARGE: Final = "tokens_too_large"
-R_TOKENS_NOT_FINITE: Final = "tokens_not_finite"
-R_COST: Final = "cost_invalid"
-R_MESSAGE_ID: Final = "message_id_invalid"
-R_CONVERSATION_ID: Final = "conversation_id_invalid"
-R_USER_ID: Final = "user_id_invalid"
-R_TEXT: Final = "text_invalid"
-R_TIMES: Final = "span_times_invalid"
-R_CALL_ID: Final = "call_id_invalid"
-
-Reject = Callable[[str], None]
-
-
-class _Invalid(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -176,87 +165,6 @@ def has_usage(attrs: Mapping[str, Any]) -> bool:
     return not USAGE_KEYS.isdisjoint(attrs)
 
 
-def token_count(value: object) -> int:
-    """A validated token count, or ``_Invalid`` with the reason."""
-    if isinstance(value, bool):
-        raise _Invalid(R_TOKENS_TYPE)
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise _Invalid(R_TOKENS_NOT_FINITE)
-        if not value.is_integer():
-            raise _Invalid(R_TOKENS_TYPE)
-        if value < 0:
-            raise _Invalid(R_TOKENS_NEGATIVE)
-        if value > MAX_TOKENS:
-            raise _Invalid(R_TOKENS_TOO_LARGE)
-        number = int(value)
-    else:
-        raise _Invalid(R_TOKENS_TYPE)
-    if number < 0:
-        raise _Invalid(R_TOKENS_NEGATIVE)
-    if number > MAX_TOKENS:
-        raise _Invalid(R_TOKENS_TOO_LARGE)
-    return number
-
-
-def cost_value(value: object) -> Decimal:
-    """A validated cost in USD, or ``_Invalid``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Invalid(R_COST)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _Invalid(R_COST)
-    # repr() is the shortest decimal that round-trips: 0.1 stays 0.1, not 0.1000000000000000055.
-    amount = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-    if not Decimal(0) <= amount <= MAX_COST:
-        raise _Invalid(R_COST)
-    return amount
-
-
-_TEXT_CACHE: dict[tuple[str, int], str | None] = {}
-_TEXT_CACHE_SIZE: Final = 4096
-"""Model, provider and finish-reason strings repeat: each is validated once (bounded)."""
-
-
-def text_value(value: object, limit: int, reject: Reject) -> str | None:
-    """Text for a varchar column: trimmed, control characters refused, cut to ``limit``."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        reject(R_TEXT)
-        return None
-    key = (value, limit)
-    cached = _TEXT_CACHE.get(key, _MISSING)
-    if cached is not _MISSING:
-        if cached is None and value.strip():
-            reject(R_TEXT)  # refused the first time too: counted every time
-        return cached  # type: ignore[return-value]
-    text = _text_value(value, limit)
-    if len(value) <= 4 * limit:  # junk of any length must not fill the cache
-        if len(_TEXT_CACHE) >= _TEXT_CACHE_SIZE:
-            _TEXT_CACHE.clear()
-        _TEXT_CACHE[key] = text
-    if text is None and value.strip():
-        reject(R_TEXT)
-    return text
-
-
-_MISSING: Final = object()
-
-
-def _text_value(value: str, limit: int) -> str | None:
-    text = value.strip()
-    if not text:
-        return None
-    if len(text) > 4 * limit:
-        # Far beyond the column: not a name, do not spend time on it.
-        text = text[: 4 * limit]
-    if not clean_text(text):
-        return None
-    return text[:limit].rstrip() or None
-
-
 def _first(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> object:
     for key in keys:
         value = attrs.get(key)
@@ -331,7 +239,7 @@ def read_call(
         cache_read = _count(_first(attrs, CACHE_READ_KEYS))
         cache_write = _count(_first(attrs, CACHE_WRITE_KEYS))
         reasoning = _count(_first(attrs, REASONING_KEYS))
-    except _Invalid as exc:
+    except Invalid as exc:
         reject(exc.reason)
         return Call(
             span_id, end_ns, False, *_NO_USAGE, model, provider, finish, None, genai, call_id
@@ -346,7 +254,7 @@ def read_call(
     if raw_cost is not None:
         try:
             cost = cost_value(raw_cost)
-        except _Invalid as exc:
+        except Invalid as exc:
             reject(exc.reason)  # priced from the tokens instead, like a span without cost
     return Call(
         span_id,

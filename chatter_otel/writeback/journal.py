@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from chatter_otel.writeback.records import TurnRecord
-from chatter_otel.writeback.spool import Spool, _OwnClaim
+from chatter_otel.writeback.spool import OwnClaim, Spool
 
 logger = logging.getLogger("chatter_otel.writeback")
 
@@ -131,7 +131,7 @@ class Journal:
             claim = self._spool.claim(time.monotonic(), created_before=float("inf"))
             if claim is None:
                 return
-            if not isinstance(claim, _OwnClaim):
+            if not isinstance(claim, OwnClaim):
                 claim.release()  # a dead process's file: the writer replays those
                 return
             claim.done()

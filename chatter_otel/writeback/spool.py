@@ -10,7 +10,7 @@ sealed and a new one started), then files of processes that are gone (their lock
 released by the kernel when they died: crash recovery). A file is deleted only once every
 record read from it has been written, orphaned, rejected or appended again to a live file,
 so a crash at any point loses nothing; records read twice are harmless because every write
-is idempotent.
+is idempotent. One file, appended to or being replayed, is :mod:`.spool_file`.
 
 Every file starts with a header binding its records to one database: the database's
 identity (see :func:`.ledger.database_identity`) when the writer had reached it, else the
@@ -27,11 +27,10 @@ import fcntl
 import logging
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Final
+from typing import Final
 
 from chatter_otel.writeback import spool_dir
 from chatter_otel.writeback.records import TurnRecord
@@ -40,91 +39,22 @@ from chatter_otel.writeback.spool_dir import (
     default_spool_dir,
     fallback_spool_dir,
 )
+from chatter_otel.writeback.spool_file import (
+    SUFFIX,
+    UNREMOVABLE,
+    Claim,
+    OwnClaim,
+    SpoolFile,
+)
 
-__all__ = ["Claim", "Spool", "default_spool_dir", "fallback_spool_dir"]
+__all__ = ["Claim", "OwnClaim", "Spool", "default_spool_dir", "fallback_spool_dir"]
 
 logger = logging.getLogger("chatter_otel.writeback")
 
-SUFFIX = ".jsonl"
-_UNREMOVABLE: set[Path] = set()
-R_SPOOL_CORRUPT = "spool_line_invalid"
 R_SPOOL_UNTRUSTED: Final = "spool_file_untrusted"
 """A spool file not private to this user (planted, or made readable): never read."""
 R_SPOOL_OTHER_DATABASE: Final = "spool_other_database"
 """Records of a spool file bound to another database: left for that database's writer."""
-
-
-class _File:
-    """One locked spool file of ours."""
-
-    def __init__(self, path: Path, handle: IO[bytes]) -> None:
-        self.path = path
-        self.handle = handle
-        self.records = 0
-        self.created = time.monotonic()
-
-
-class Claim:
-    """A spool file being replayed: read it in chunks, then ``done()`` deletes it."""
-
-    def __init__(self, path: Path, handle: IO[bytes]) -> None:
-        self.path = path
-        self._handle = handle
-        first = handle.readline()
-        self._offset = len(first) if spool_dir.parse_header(first) is not None else 0
-        self.exhausted = False
-
-    def read(
-        self, limit: int, max_lengths: tuple[int, int, int], on_corrupt: Callable[[str], None]
-    ) -> tuple[list[TurnRecord], int]:
-        """Up to ``limit`` records from the current position, and the position after them.
-
-        The position only moves on when :meth:`advance` is called with it, after the records
-        were dealt with; reading again without advancing re-reads the same records.
-        """
-        self._handle.seek(self._offset)
-        records: list[TurnRecord] = []
-        offset = self._offset
-        while len(records) < limit:
-            line = self._handle.readline()
-            if not line:
-                break
-            if not line.endswith(b"\n"):
-                # A torn last line (crash while appending): it was never acknowledged.
-                logger.warning("spool %s: torn last line dropped", self.path)
-                on_corrupt(R_SPOOL_CORRUPT)
-                offset += len(line)
-                break
-            offset += len(line)
-            try:
-                records.append(TurnRecord.from_json(line.decode("utf-8"), max_lengths=max_lengths))
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-                logger.warning("spool %s: invalid line skipped", self.path)
-                on_corrupt(R_SPOOL_CORRUPT)
-        if not records and offset == self._offset:
-            self.exhausted = True
-        return records, offset
-
-    def advance(self, offset: int) -> None:
-        self._offset = offset
-
-    def done(self) -> None:
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            # Replayed but not removable: never read it again (duplicates would be harmless,
-            # a replay loop would not be).
-            logger.error("spool %s replayed but cannot be removed: %s", self.path, exc)
-            _UNREMOVABLE.add(self.path)
-        self.release()
-
-    def release(self) -> None:
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
-        with contextlib.suppress(OSError):
-            self._handle.close()
 
 
 class Spool:
@@ -169,8 +99,8 @@ class Spool:
         self._on_reject = on_reject or (lambda reason, count: None)
         self._refused: set[tuple[Path, int, int]] = set()
         self._lock = threading.Lock()
-        self._current: _File | None = None
-        self._sealed: list[_File] = []
+        self._current: SpoolFile | None = None
+        self._sealed: list[SpoolFile] = []
         self._prefix = f"wb-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._seq = 0
         self._foreign_checked = 0.0
@@ -200,7 +130,7 @@ class Spool:
             current.records += count
         return count
 
-    def _retire(self, current: _File) -> None:
+    def _retire(self, current: SpoolFile) -> None:
         self._current = None
         if current.records:
             self._sealed.append(current)
@@ -210,7 +140,7 @@ class Spool:
         with contextlib.suppress(OSError):
             current.path.unlink()
 
-    def _open_new(self) -> _File:
+    def _open_new(self) -> SpoolFile:
         try:
             return self._open_in(self.directory)
         except OSError as exc:
@@ -222,7 +152,7 @@ class Spool:
             self.directory, self._fallback = self._fallback, None
             return self._open_in(self.directory)
 
-    def _open_in(self, directory: Path) -> _File:
+    def _open_in(self, directory: Path) -> SpoolFile:
         spool_dir.prepare(directory)
         self._seq += 1
         name = f"{self._prefix}{self._seq:06d}"
@@ -238,7 +168,7 @@ class Spool:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-        self._current = _File(final, handle)
+        self._current = SpoolFile(final, handle)
         return self._current
 
     # --- replaying ----------------------------------------------------------------------
@@ -276,7 +206,7 @@ class Spool:
                     logger.exception("spool %s cannot be read", own.path)
                     return None
                 del self._sealed[index]
-                return _OwnClaim(self, own, reader)
+                return OwnClaim(own, reader, self._return)
         if now - self._foreign_checked < 5.0 and not seal:
             return None
         self._foreign_checked = now
@@ -345,7 +275,7 @@ class Spool:
         self._on_reject(reason, records)
         logger.error("spool %s not replayed (%s): left as it is", path, why)
 
-    def _return(self, own: _File) -> None:
+    def _return(self, own: SpoolFile) -> None:
         with self._lock:
             self._sealed.insert(0, own)
 
@@ -363,7 +293,7 @@ class Spool:
             p
             for p in entries
             if p not in mine
-            and p not in _UNREMOVABLE
+            and p not in UNREMOVABLE
             and p not in refused
             and not p.name.startswith(self._prefix)
         ]
@@ -385,24 +315,3 @@ class Spool:
         with self._lock:
             self._sealed, self._current = [], None
             self._prefix = f"wb-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
-
-
-class _OwnClaim(Claim):
-    def __init__(self, spool: Spool, own: _File, reader: IO[bytes]) -> None:
-        super().__init__(own.path, reader)
-        self._spool = spool
-        self._own = own
-
-    def done(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        with contextlib.suppress(OSError):
-            self._handle.close()
-        with contextlib.suppress(OSError):
-            self._own.handle.close()  # releases the lock
-
-    def release(self) -> None:
-        # Not finished: it stays ours (locked) and is replayed again from the start.
-        with contextlib.suppress(OSError):
-            self._handle.close()
-        self._spool._return(self._own)

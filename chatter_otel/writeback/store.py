@@ -25,23 +25,24 @@ processes all converge to exact values:
 Steps 4 (metadata) and 5 run inside a savepoint, and only fall back to one statement per
 row when the database refuses the batch's statement. Any other refusal raises
 :class:`PermanentError` (the writer bisects the batch down to the record); an outage raises
-:class:`TransientError` (see :mod:`.dberrors`).
+:class:`TransientError` (see :mod:`.connection`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy import text
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.sql.elements import TextClause
 
 from chatter_otel import dburl
+from chatter_otel.writeback.connection import make_engine, transaction
 from chatter_otel.writeback.dberrors import (
     R_AGGREGATE_OUT_OF_RANGE,
     R_AGGREGATE_REFUSED,
@@ -50,14 +51,12 @@ from chatter_otel.writeback.dberrors import (
     R_USER_MISMATCH,
     PermanentError,
     TransientError,
-    classify,
     each_or_all,
     first_line,
     sqlstate,
 )
 from chatter_otel.writeback.ledger import (
     MARKERS,
-    TokenOverflow,
     database_identity,
     group,
     ledger_params,
@@ -127,7 +126,9 @@ class Store:
         self.mapping = mapping
         self.backend = self.url.get_backend_name()
         self.postgres = self.backend == "postgresql"
-        self.engine = self._engine(connect_timeout, busy_timeout)
+        self.engine = make_engine(
+            self.url, connect_timeout=connect_timeout, busy_timeout=busy_timeout
+        )
         self.schema_ready = False
         self.identity: str | None = None
         """Which database this is (see :meth:`_identity`); known once the schema is ready."""
@@ -139,41 +140,6 @@ class Store:
             self.engine, mapping, postgres=self.postgres, ledger_schema=self.ledger_schema
         )
 
-    def _engine(self, connect_timeout: float, busy_timeout: float) -> Engine:
-        if self.postgres:
-            return create_engine(
-                self.url,
-                pool_size=1,
-                max_overflow=1,
-                pool_recycle=1800,
-                connect_args={
-                    "connect_timeout": max(1, round(connect_timeout)),
-                    "application_name": "chatter-otel-writeback",
-                    # A peer that vanishes without a reset must not stall the writer for
-                    # the OS default of two hours.
-                    "keepalives": 1,
-                    "keepalives_idle": 30,
-                    "keepalives_interval": 10,
-                    "keepalives_count": 3,
-                    "tcp_user_timeout": 60_000,
-                },
-            )
-        engine = create_engine(
-            self.url, connect_args={"timeout": busy_timeout, "check_same_thread": False}
-        )
-
-        @event.listens_for(engine, "connect")
-        def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.isolation_level = None
-
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(conn: Connection) -> None:
-            # Take the write lock up front: concurrent writers queue (busy timeout) instead
-            # of failing to upgrade a read lock half-way through a batch.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -181,29 +147,9 @@ class Store:
         if self.fault is not None:
             self.fault(name)
 
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """A connection in a transaction; errors become TransientError or PermanentError.
-
-        Connecting is kept apart: a failure to connect is an outage whatever it says."""
-        try:
-            conn = self.engine.connect()
-        except Exception as exc:
-            raise TransientError(first_line(exc)) from exc
-        try:
-            with conn.begin():
-                yield conn
-        except (TransientError, PermanentError):
-            raise
-        except TokenOverflow as exc:
-            raise PermanentError(str(exc)) from exc
-        except Exception as exc:
-            raise classify(exc) from exc
-        finally:
-            try:
-                conn.close()
-            except Exception:  # a dead connection: the pool discards it
-                logger.debug("write-back: closing a failed connection", exc_info=True)
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """A connection in a transaction; errors become TransientError or PermanentError."""
+        return transaction(self.engine)
 
     # --- schema ------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Which LLM spans of one owner's subtree count, and the record they make.
+"""Which LLM spans of one owner's subtree count (:mod:`.recorder` sums them into a record).
 
 The rules, applied to a group of spans (an owner's subtree when it is finalized, or the
 spans that reach an already finalized owner late):
@@ -21,20 +21,11 @@ spans that reach an already finalized owner late):
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from chatter_otel.writeback import extract
-from chatter_otel.writeback.extract import Call, Owner
-from chatter_otel.writeback.records import INT32_MAX, KIND_TURN, MAX_COST, TurnRecord
-
-if TYPE_CHECKING:
-    from chatter_otel.pricing import PricingLike
-
-logger = logging.getLogger("chatter_otel.writeback")
+from chatter_otel.writeback.extract import Call
 
 MAX_DEPTH: Final = 1024
 """Longest parent chain followed (a guard against cycles from malformed span data)."""
@@ -72,10 +63,20 @@ def _rollups(links: Links, calls: Mapping[int, Call]) -> set[int]:
     return marked
 
 
-def _exits_shadowed(
-    links: Links, span_id: int, outer: Callable[[int], bool], memo: dict[int, bool]
+def _verdict(
+    links: Links,
+    span_id: int,
+    memo: dict[int, bool],
+    *,
+    exit_verdict: Callable[[int], bool],
+    stop_at: Container[int] = (),
 ) -> bool:
-    """Whether the chain above ``span_id`` leaves the group at a shadowed span."""
+    """Follows the parent links up from ``span_id`` to a verdict, shared by every span passed.
+
+    The walk stops at a span of ``stop_at`` (True), at a span already decided (``memo``), at
+    the first span outside the group (``exit_verdict`` of it), or at the top (False); a chain
+    longer than ``MAX_DEPTH`` (malformed data) is False. Each span passed is memoised with
+    the verdict, so a group is walked once whatever its shape."""
     path: list[int] = []
     node: int | None = span_id
     result = False
@@ -85,14 +86,21 @@ def _exits_shadowed(
         if node in memo:
             result = memo[node]
             break
+        if node in stop_at:
+            result = True
+            break
         if node not in links:
-            result = outer(node)
+            result = exit_verdict(node)
             break
         path.append(node)
         node = links[node]
     for item in path:
         memo[item] = result
     return result
+
+
+def _never(_span_id: int) -> bool:
+    return False
 
 
 def _same_call(call: Call, other: Call) -> bool:
@@ -153,7 +161,9 @@ def select(
     for span_id, call in calls.items():
         if call.call_id is not None:
             out.call_ids.add(call.call_id)
-        if outer_shadowed is not None and _exits_shadowed(links, span_id, outer_shadowed, memo):
+        if outer_shadowed is not None and _verdict(
+            links, span_id, memo, exit_verdict=outer_shadowed
+        ):
             out.conflicts += 1
             continue
         if call.call_id is not None:
@@ -184,119 +194,8 @@ def select(
 
 def _shadowed(links: Links, counted: set[int], outer: Callable[[int], bool] | None) -> set[int]:
     """Spans of the group at or below a counted call (or below a shadowed exit)."""
-    status: dict[int, bool] = {}
+    memo: dict[int, bool] = {}
+    exit_verdict = outer if outer is not None else _never
     for span_id in links:
-        path: list[int] = []
-        node: int | None = span_id
-        result = False
-        for _ in range(MAX_DEPTH):
-            if node is None:
-                break
-            if node in status:
-                result = status[node]
-                break
-            if node in counted:
-                result = True
-                break
-            if node not in links:
-                result = outer(node) if outer is not None else False
-                break
-            path.append(node)
-            node = links[node]
-        for item in path:
-            status[item] = result
-    return {span_id for span_id, shadow in status.items() if shadow} | counted
-
-
-class Recorder:
-    """Prices counted calls and sums them into one record for one message."""
-
-    def __init__(self, pricing: PricingLike | None, reject: Callable[[str], None]) -> None:
-        self._pricing = pricing
-        self._reject = reject
-        self._pricing_failed = False
-
-    def _price(self, call: Call) -> Decimal | None:
-        if self._pricing is None:
-            return None
-        try:
-            amount = self._pricing.cost(call.provider, call.model, call.usage())
-        except Exception:
-            if not self._pricing_failed:
-                self._pricing_failed = True
-                logger.exception("pricing failed: cost left unpriced")
-            return None
-        if amount is None:
-            return None
-        if not isinstance(amount, Decimal) or not (
-            amount.is_finite() and Decimal(0) <= amount <= MAX_COST
-        ):
-            self._reject(extract.R_COST)
-            return None
-        return amount
-
-    def record(
-        self, trace_id: int, owner: Owner, key_span: int, calls: list[Call], kind: str
-    ) -> TurnRecord:
-        assert owner.message_id is not None
-        valid = sorted((k for k in calls if k.valid), key=lambda x: (x.end_ns, x.span_id))
-        prompt = completion = tokens = None
-        model = provider = finish = None
-        cost = Decimal(0)
-        priced = unpriced = False
-        for call in valid:  # oldest first: the newest model, provider and reason win
-            if call.input_tokens is not None:
-                prompt = (prompt or 0) + call.input_tokens
-            if call.output_tokens is not None:
-                completion = (completion or 0) + call.output_tokens
-            if call.total_tokens is not None:
-                tokens = (tokens or 0) + call.total_tokens
-            model = call.model or model
-            provider = call.provider or provider
-            finish = call.finish_reason or finish
-            amount = call.cost
-            if amount is None:
-                if not call.reported and call.total_tokens is None:
-                    continue  # neither usage nor cost: nothing to price
-                amount = self._price(call) if call.reported else None
-                if amount is None:
-                    unpriced = True
-                    continue
-            cost += amount
-            priced = True
-        if any(n is not None and n > INT32_MAX for n in (prompt, completion, tokens)):
-            # The tokens cannot be stored: the cost computed from them is refused with them.
-            self._reject(extract.R_TOKENS_TOO_LARGE)
-            prompt = completion = tokens = None
-            priced = unpriced = False
-        if cost > MAX_COST:
-            self._reject(extract.R_COST)
-            unpriced = True
-        response_ms: int | None = None
-        end_ns = owner.end_ns
-        if kind == KIND_TURN:
-            if owner.start_ns > 0 and owner.end_ns >= owner.start_ns:
-                response_ms = min((owner.end_ns - owner.start_ns + 500_000) // 1_000_000, INT32_MAX)
-        elif valid:
-            end_ns = max(end_ns, valid[-1].end_ns)
-        return TurnRecord(
-            trace_id=f"{trace_id:032x}",
-            span_id=f"{key_span:016x}",
-            message_id=owner.message_id,
-            conversation_id=owner.conversation_id,
-            kind=kind,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            total_tokens=tokens,
-            cost=cost if priced and not unpriced else None,
-            cost_unpriced=unpriced,
-            usage_missing=prompt is None and completion is None and tokens is None,
-            calls=len(valid),
-            model=model,
-            provider=provider,
-            finish_reason=finish,
-            last_call_end_ns=valid[-1].end_ns if valid else None,
-            response_time_ms=response_ms,
-            end_ns=max(end_ns, 0),
-            user_id=owner.user_id,
-        )
+        _verdict(links, span_id, memo, exit_verdict=exit_verdict, stop_at=counted)
+    return {span_id for span_id, shadow in memo.items() if shadow} | counted

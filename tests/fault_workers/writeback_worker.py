@@ -8,7 +8,8 @@ when it died, and when each turn ended.
     writeback_worker.py URL SPOOL PLAN [--max-queue N] [--batch N] [--rate R]
                         [--flush-interval S] [--then hold|drain]
 
-PLAN is a JSON file of turns ``[message id, conversation id, [[input, output], ...]]``.
+PLAN is a JSON file of turns ``[message id, conversation id, [[input, output], ...], shape]``
+(shape: "sequential" or "parallel" calls, see tests._exactness.emit_turn).
 ``hold``: after the last turn keep reporting until killed (at most 60 s, then exit 3).
 ``drain``: flush until everything is written (at most 60 s), shut down, exit 0.
 """
@@ -25,7 +26,8 @@ from typing import Any
 
 from chatter_otel.pricing import Pricing
 from chatter_otel.writeback import WritebackSpanProcessor
-from tests.test_writeback_support import simple_turn, tracing
+from tests._exactness import emit_turn
+from tests.test_writeback_support import tracing
 
 REPORT_EVERY = 0.05
 HOLD_LIMIT = 60.0
@@ -74,8 +76,8 @@ def main() -> int:
             report()
 
     threading.Thread(target=reporter, daemon=True).start()
-    for mid, cid, calls in turns:
-        simple_turn(t.tracer, mid, cid, [tuple(call) for call in calls])
+    for turn in turns:
+        emit_turn(t.tracer, turn)
         emitted[0] += 1
         report()
         time.sleep(1 / args.rate)
