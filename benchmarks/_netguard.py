@@ -8,6 +8,8 @@ which must be 0 once each peer is configured offline.
 
 Refused: a name lookup of anything but a loopback name or address, and a connect to a
 non-loopback address (blocking or not, so asyncio's connects are covered). Unix sockets pass.
+Sockets a C extension opens itself (gRPC's core) bypass the ``socket`` module and are not
+seen: every timed variant exports in memory, and no peer here exports over gRPC by default.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhos
 
 refused: Counter[str] = Counter()
 """Refused attempts by ``host:port`` (or ``lookup host``)."""
+loopback: Counter[str] = Counter()
+"""Connections allowed, by loopback ``host:port``: the fake server's port is expected."""
 callers: dict[str, str] = {}
 """For each refused target, the innermost frames outside this module that tried it."""
 _lock = threading.Lock()
@@ -75,6 +79,8 @@ def install() -> None:
             host, port = address[0], address[1]
             if not _is_loopback(host):
                 raise _refuse(f"{host}:{port}")
+            with _lock:
+                loopback[f"{host}:{port}"] += 1
 
     def connect(self: socket.socket, address: Any) -> None:
         _check(self, address)
@@ -106,4 +112,5 @@ def report() -> dict[str, Any]:
             "refused": sum(refused.values()),
             "targets": dict(refused),
             "callers": dict(callers),
+            "loopback": dict(loopback),
         }

@@ -237,6 +237,41 @@ def _setup(variant: str, sink: Sink) -> Setup:
     raise SystemExit(f"unknown variant {variant!r}")
 
 
+def _setup_defaults(variant: str) -> Setup:
+    """The variant exactly as its quick start shows it: no exporter, no option given.
+
+    Not timed: only to see what each one reaches for when nobody configured it.
+    """
+    if variant == "chatter-otel":
+        from chatter_otel.telemetry import setup_telemetry
+
+        setup_telemetry().capture_langchain()
+    elif variant == "openlit":
+        import openlit
+
+        openlit.init()
+    elif variant == "traceloop":
+        from traceloop.sdk import Traceloop
+
+        Traceloop.init()
+    elif variant == "openinference":
+        from openinference.instrumentation.langchain import LangChainInstrumentor
+
+        LangChainInstrumentor().instrument()
+    elif variant == "openllmetry":
+        from opentelemetry.instrumentation.langchain import LangchainInstrumentor
+
+        LangchainInstrumentor().instrument()
+    return Setup()
+
+
+def _probe(variant: str, base_url: str) -> dict[str, Any]:
+    turns = Turns(base_url, _setup_defaults(variant))
+    asyncio.run(turns.many("tool", 1))
+    time.sleep(6)  # past the SDKs' batch and periodic export intervals (5 s)
+    return {"variant": variant, "network": _netguard.report()}
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, str | int | float | bool) or value is None:
         return value
@@ -324,6 +359,10 @@ def main(argv: list[str]) -> int:
     variant, base_url, n, warmup, order = argv[0], argv[1], int(argv[2]), int(argv[3]), argv[4]
     # stdout carries the result alone: what the peers print (traceloop-sdk does) goes to stderr.
     out, sys.stdout = sys.stdout, sys.stderr
+    if order == "defaults":
+        json.dump(_probe(variant, base_url), out)
+        out.flush()
+        return 0
     logging.basicConfig(level=logging.CRITICAL)
     cpu0, wall0 = time.process_time_ns(), time.perf_counter_ns()
     sink = Sink()
