@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install demo test test-suite test-lean test-lowest test-slow lint bench prometheus
+.PHONY: install demo test test-suite test-lean test-lowest test-slow lint bench bench-peers prometheus
 
 # The library with the reference service, openinference and the test tools (`test` extra).
 $(VENV)/.installed: pyproject.toml
@@ -49,3 +49,9 @@ test-slow: install prometheus
 
 bench: install
 	$(PY) -m benchmarks
+
+# chatter-otel beside OpenLIT, OpenLLMetry and openinference on the same LangGraph turn; each
+# peer runs from its own venv under .venv-peers/ (built on first use), offline.
+bench-peers: install
+	$(PY) -m benchmarks._peer_venvs
+	$(PY) -m benchmarks --only peers

@@ -3,6 +3,7 @@
     python -m benchmarks            # full run (~11 min), writes benchmarks/RESULTS.md
     python -m benchmarks --quick    # smoke run (~2 min), prints only
     python -m benchmarks --only turn [--only http ...]
+    python -m benchmarks --only peers   # OpenLIT, OpenLLMetry, openinference, in .venv-peers/
 
 Parts run one after the other in this process (subprocesses where a part needs its own
 interpreter: memory, writer processes, the HTTP service and its load generator), each on its
@@ -45,6 +46,7 @@ def _parts() -> dict[str, Callable[[], ModuleType]]:
         "writeback": load("writeback_throughput"),
         "memory": load("memory"),
         "http": load("http_load"),
+        "peers": load("peers"),
     }
 
 
@@ -64,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=7, help="shuffling seed")
     parser.add_argument(
-        "--reps", type=int, default=None, help="repetitions for the parts that honour it (turn)"
+        "--reps",
+        type=int,
+        default=None,
+        help="repetitions for the parts that honour it (turn, peers)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
