@@ -42,7 +42,8 @@ from opentelemetry.trace import Span
 
 from chatter_otel import _chat_model, _peers
 from chatter_otel import conventions as c
-from chatter_otel.spans import ModelCall, _current_call, model_span, record_tool_result, tool_span
+from chatter_otel._model_call import ModelCall, _current_call
+from chatter_otel.spans import model_span, record_tool_result, tool_span
 
 logger = logging.getLogger("chatter_otel")
 
