@@ -216,6 +216,11 @@ async def test_service_turns_count_once_and_answer_with_their_usage(service: Ser
     tool = (await service.api.say(cid, "Please calculate 12*7")).json()
     events = await service.api.stream(cid, "Good morning to you")
     streamed = next(data for name, data in events if name == "message")
+    # The usage the model reported, relayed as it arrived, is what the message shows.
+    usage = [data for name, data in events if name == "usage"]
+    assert usage == [
+        {k: streamed[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    ]
     assert service.cap.telemetry.force_flush(10_000)
     for answer in (plain, tool, streamed):
         stored = _row(service.url, answer["id"])

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import threading
 import time
@@ -52,6 +53,7 @@ from chatter_otel.testing._fake_replies import (
 __all__ = ["FakeOpenAIServer"]
 
 _STOP_TIMEOUT_S: Final = 5.0
+_POLL_S: Final = 0.05
 
 # (error.type, error.code) the real API sends for a status.
 _ERRORS: Final[dict[int, tuple[str, str | None]]] = {
@@ -85,6 +87,7 @@ class FakeOpenAIServer:
         interrupt_stream_after: int | None = None,
         latency_s: float = 0.0,
         chunk_interval_s: float = 0.0,
+        hold_after_usage: bool = False,
         models: tuple[str, ...] = ("gpt-4o-mini",),
     ) -> None:
         self.cached_tokens = cached_tokens
@@ -99,6 +102,11 @@ class FakeOpenAIServer:
         self.latency_s = latency_s
         self.chunk_interval_s = chunk_interval_s
         """Pause before each SSE chunk, so a client can leave in the middle of a stream."""
+        self.hold_after_usage = hold_after_usage
+        """After a stream's usage chunk send nothing more (no ``[DONE]``) until the client
+        hangs up or the server stops: a provider stalling at the very end, so a client can
+        leave after its usage arrived. ``abandoned`` is set when the client hangs up."""
+        self.abandoned = threading.Event()
         self.models = models
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -300,11 +308,32 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             self._write_chunk(f"data: {json.dumps(payload)}\n\n".encode())
+            if is_usage and fake.hold_after_usage:
+                if self._wait_for_hang_up():
+                    fake.abandoned.set()
+                self.close_connection = True
+                return
         if interrupt_after is not None:
             self.close_connection = True
             return
         self._write_chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
+
+    def _wait_for_hang_up(self) -> bool:
+        """Block until the client closes the connection (True) or the server stops."""
+        stopping = self.server.fake._stopping
+        while not stopping.is_set():
+            readable, _, _ = select.select([self.connection], [], [], _POLL_S)
+            if not readable:
+                continue
+            try:
+                closed = self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:  # reset by the peer
+                closed = True
+            if closed:  # by the client, or by stop() shutting the socket down
+                return not stopping.is_set()
+            stopping.wait(_POLL_S)  # bytes from a client that should be waiting: ignore
+        return False
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
