@@ -135,9 +135,11 @@ class workflow_span(_Scope[WorkflowRun]):
 class model_span(_Scope[ModelCall]):
     """``chat {model}`` (CLIENT): one LLM call. Record its response with ``.record()``.
 
-    Pass the LangChain chat model (``model_span(llm)``) or ``provider`` and ``model``
-    strings; explicit strings win over what is read from the model. With the LangChain
-    capture on, a LangChain call made inside records into this span by itself.
+    Pass the LangChain model (``model_span(llm)``) or ``provider`` and ``model`` strings;
+    explicit strings win over what is read from the model. A plain (completion) LangChain
+    model makes it a ``text_completion {model}`` span unless ``operation`` says otherwise.
+    With the LangChain capture on, a LangChain call made inside records into this span by
+    itself.
     """
 
     def __init__(
@@ -146,7 +148,7 @@ class model_span(_Scope[ModelCall]):
         *,
         provider: str | None = None,
         model: str | None = None,
-        operation: str = c.OPERATION_CHAT,
+        operation: str | None = None,
         streaming: bool = False,
         attributes: Mapping[str, AttributeValue] | None = None,
         call_id: str | None = None,
@@ -166,10 +168,12 @@ class model_span(_Scope[ModelCall]):
 
             info = from_chat_model(llm)
             provider, model = provider or info.provider, model or info.model
+            operation = operation or info.operation
             extra = info.attributes()
         if not provider or not model:
             raise TypeError("model_span needs a chat model, or both provider= and model=")
-        self.provider, self.model, self.operation = provider, model, operation
+        self.provider, self.model = provider, model
+        self.operation = operation or c.OPERATION_CHAT
         self.streaming = streaming
         self.attributes = {**extra, **(attributes or {})}
         self.call_id = call_id
