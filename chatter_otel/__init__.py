@@ -12,10 +12,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from chatter_otel._workflow_run import WorkflowRun
 from chatter_otel.binding import bind_message
 from chatter_otel.config import ConfigError, TelemetryConfig
 from chatter_otel.logs import add_trace_context, configure_logging
-from chatter_otel.spans import ModelCall, model_span, record_ai_message, tool_span, workflow_span
+from chatter_otel.spans import (
+    ModelCall,
+    model_span,
+    record_ai_message,
+    record_tool_result,
+    tool_span,
+    workflow_span,
+)
 from chatter_otel.telemetry import Telemetry, setup_telemetry
 from chatter_otel.usage import Usage
 from chatter_otel.version import __version__
@@ -31,6 +39,7 @@ __all__ = [
     "Telemetry",
     "TelemetryConfig",
     "Usage",
+    "WorkflowRun",
     "WritebackSpanProcessor",
     "__version__",
     "add_trace_context",
@@ -38,6 +47,7 @@ __all__ = [
     "configure_logging",
     "model_span",
     "record_ai_message",
+    "record_tool_result",
     "setup_telemetry",
     "tool_span",
     "workflow_span",

@@ -94,6 +94,9 @@ class ChatModelInfo:
     server_address: str | None = None
     server_port: int | None = None
     request: Mapping[str, AttributeValue] = field(default_factory=dict)
+    operation: str = c.OPERATION_CHAT
+    """``text_completion`` for a plain (``BaseLLM``) model, which LangChain marks
+    ``ls_model_type="llm"``."""
 
     def attributes(self) -> dict[str, AttributeValue]:
         """Span attributes beyond operation, provider and request model."""
@@ -119,7 +122,10 @@ def describe(
     provider = _provider(ls.get("ls_provider"), class_name, llm_type)
     model = _model(ls.get("ls_model_name"), params)
     address, port = _endpoint(base_url)
-    return ChatModelInfo(provider, model, address, port, request_attributes(params, ls))
+    operation = (
+        c.OPERATION_TEXT_COMPLETION if ls.get("ls_model_type") == "llm" else c.OPERATION_CHAT
+    )
+    return ChatModelInfo(provider, model, address, port, request_attributes(params, ls), operation)
 
 
 def from_chat_model(llm: Any) -> ChatModelInfo:

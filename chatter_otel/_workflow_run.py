@@ -12,7 +12,7 @@ from opentelemetry.util.types import Attributes, AttributeValue
 from chatter_otel.usage import Usage
 
 if TYPE_CHECKING:
-    from chatter_otel.spans import _Turn
+    from chatter_otel._model_call import _Turn
 
 __all__ = ["WorkflowRun"]
 

@@ -57,6 +57,7 @@ TOKEN_TYPE_INPUT: Final = "input"
 TOKEN_TYPE_OUTPUT: Final = "output"
 
 OPERATION_CHAT: Final = "chat"
+OPERATION_TEXT_COMPLETION: Final = "text_completion"
 OPERATION_EXECUTE_TOOL: Final = "execute_tool"
 OPERATION_INVOKE_WORKFLOW: Final = "invoke_workflow"
 

@@ -1,4 +1,4 @@
-"""Zero-code capture of LangChain chat model and tool calls as chatter-otel spans.
+"""Zero-code capture of LangChain model and tool calls as chatter-otel spans.
 
 Switched on by ``CHATTER_OTEL_CAPTURE_LANGCHAIN=true`` (``setup_telemetry``), by
 ``telemetry.capture_langchain()``, or by ``opentelemetry-instrument`` through the
@@ -6,7 +6,9 @@ Switched on by ``CHATTER_OTEL_CAPTURE_LANGCHAIN=true`` (``setup_telemetry``), by
 LangChain run in the process through LangChain's own ``register_configure_hook``, so every
 chat model call (invoke, ainvoke, stream, astream, batch, with tools bound, inside LangGraph
 or not) gets the ``chat {model}`` span a hand-written ``model_span`` would give, recorded by
-the same ``ModelCall.record``: usage, cost, metrics and the write-back are identical.
+the same ``ModelCall.record``: usage, cost, metrics and the write-back are identical. A plain
+(completion, ``BaseLLM``) model's call gets a ``text_completion {model}`` span the same way,
+its usage read from the ``LLMResult`` (see ``_completion``).
 
 Each call counts once:
 
@@ -40,9 +42,10 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.trace import Span
 
-from chatter_otel import _chat_model, _peers
+from chatter_otel import _chat_model, _completion, _peers
 from chatter_otel import conventions as c
-from chatter_otel.spans import ModelCall, _current_call, model_span, record_tool_result, tool_span
+from chatter_otel._model_call import ModelCall, _current_call
+from chatter_otel.spans import model_span, record_tool_result, tool_span
 
 logger = logging.getLogger("chatter_otel")
 
@@ -57,7 +60,7 @@ class _Run:
 
 
 class ChatterCallbackHandler(BaseCallbackHandler):
-    """Opens and ends chatter-otel spans from LangChain's chat model and tool callbacks.
+    """Opens and ends chatter-otel spans from LangChain's model and tool callbacks.
 
     Synchronous and ``run_inline``: in async code LangChain would otherwise hand every
     callback to a thread pool; each callback here only starts or ends a span.
@@ -122,7 +125,25 @@ class ChatterCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         try:
-            self._start(serialized, messages, run_id, metadata, kwargs)
+            self._start(serialized, messages, run_id, metadata, kwargs, c.OPERATION_CHAT)
+        except Exception:  # telemetry must never break the application
+            logger.debug("LangChain capture: starting a model span failed", exc_info=True)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """A plain (completion) model: LangChain starts one run per prompt."""
+        try:
+            messages = [[{"role": "user", "content": p} for p in prompts[:1]]]
+            self._start(serialized, messages, run_id, metadata, kwargs, c.OPERATION_TEXT_COMPLETION)
         except Exception:  # telemetry must never break the application
             logger.debug("LangChain capture: starting a model span failed", exc_info=True)
 
@@ -133,6 +154,7 @@ class ChatterCallbackHandler(BaseCallbackHandler):
         run_id: UUID,
         metadata: Mapping[str, Any] | None,
         kwargs: Mapping[str, Any],
+        operation: str,
     ) -> None:
         call_id = run_id.hex
         pending = _peers.Pending(call_id)
@@ -151,6 +173,7 @@ class ChatterCallbackHandler(BaseCallbackHandler):
         scope = model_span(
             provider=info.provider,
             model=info.model,
+            operation=operation,
             attributes=info.attributes(),
             call_id=call_id,
         )
@@ -265,11 +288,13 @@ class ChatterCallbackHandler(BaseCallbackHandler):
 
 
 def _message(response: LLMResult) -> Any:
-    """The one message a chat model run produced (a stream's chunks already summed)."""
+    """The one message a model run produced (a stream's chunks already summed); a plain
+    model's text generation read as one."""
     for generations in response.generations:
         for generation in generations:
             if isinstance(generation, ChatGeneration):
                 return generation.message
+            return _completion.from_generation(generation, response.llm_output)
     return None
 
 

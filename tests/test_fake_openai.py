@@ -388,6 +388,47 @@ def test_interrupt_after_more_chunks_than_sent_still_withholds_usage(
     assert all(c.usage is None for c in received)
 
 
+def test_hold_after_usage_stalls_before_done_until_the_client_hangs_up(
+    server: FakeOpenAIServer,
+) -> None:
+    server.hold_after_usage = True
+    stream = client(server).chat.completions.create(
+        model="m",
+        messages=HELLO,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    received = []
+    for chunk in stream:
+        received.append(chunk)
+        if chunk.usage is not None:
+            break  # the server now sends nothing more: reading on would wait
+    assert [c.choices[0].delta.content for c in received[1:5]] == [
+        "Echo:",
+        " hello",
+        " there",
+        " world",
+    ]
+    assert received[-1].usage is not None
+    assert (received[-1].usage.prompt_tokens, received[-1].usage.completion_tokens) == (6, 4)
+    assert not server.abandoned.is_set()
+    stream.close()
+    assert server.abandoned.wait(5)
+
+
+def test_stop_releases_a_held_stream_without_marking_it_abandoned() -> None:
+    with FakeOpenAIServer(hold_after_usage=True) as fake:
+        stream = client(fake).chat.completions.create(
+            model="m", messages=HELLO, stream=True, stream_options={"include_usage": True}
+        )
+        assert next(c for c in stream if c.usage is not None).usage is not None
+        started = time.monotonic()
+        fake.stop()
+        assert time.monotonic() - started < 5
+        stream.close()
+    assert not fake.abandoned.is_set()
+
+
 # --- recording, errors, lifecycle ---------------------------------------------------------
 
 

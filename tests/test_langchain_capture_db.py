@@ -31,6 +31,7 @@ from chatter_otel.service.models import Message, MessageRole, new_ulid
 from chatter_otel.service.settings import ServiceSettings
 from chatter_otel.spans import WorkflowRun
 from chatter_otel.testing import CapturedTelemetry, capture_telemetry
+from tests._offline_llm import OfflineLLM
 from tests.service_client import Api
 from tests.test_writeback_support import ledger_name
 
@@ -174,12 +175,52 @@ async def test_hand_wrapped_parallel_calls_count_apart(service: Service) -> None
     _expect(service, run, message_id, (14, 14), calls=3)
 
 
+async def test_completion_model_calls_count_once(service: Service) -> None:
+    """Plain (``BaseLLM``) calls in every style, one of them hand-wrapped: the row carries
+    each call's tokens once (tests/_offline_llm.py)."""
+    llm = OfflineLLM()
+
+    async def body() -> None:
+        await llm.ainvoke("Hello there")
+        assert [chunk async for chunk in llm.astream("Good morning to you")]
+        await asyncio.to_thread(llm.invoke, "One")
+        async with model_span(llm) as call:  # adopted, as a chat model call would be
+            await llm.ainvoke("One")
+        assert call.response is not None
+
+    run, message_id = await _turn(service, body)
+    tokens = 5 + 7 + 4 + 4
+    _expect(service, run, message_id, (tokens, tokens), calls=4)
+
+
+async def test_a_completion_batch_reporting_its_usage_once_counts_it_once(
+    service: Service,
+) -> None:
+    """One completions request for two prompts reports one usage: LangChain hands it to the
+    first prompt's run; the second run is a call without usage."""
+
+    async def body() -> None:
+        await OfflineLLM().abatch(["One", "Hello there"])
+
+    run, message_id = await _turn(service, body)
+    stored = _row(service.url, message_id)
+    assert stored[:3] == (9, 9, 18)
+    assert Decimal(str(stored[3])) == 9 * IN_PRICE + 9 * OUT_PRICE
+    assert stored[4] == 1  # calls with usage in the ledger
+    assert (run.usage.input_tokens, run.usage.output_tokens, run.calls) == (9, 9, 2)
+
+
 async def test_service_turns_count_once_and_answer_with_their_usage(service: Service) -> None:
     cid = await service.api.conversation()
     plain = (await service.api.say(cid, "Hello there")).json()
     tool = (await service.api.say(cid, "Please calculate 12*7")).json()
     events = await service.api.stream(cid, "Good morning to you")
     streamed = next(data for name, data in events if name == "message")
+    # The usage the model reported, relayed as it arrived, is what the message shows.
+    usage = [data for name, data in events if name == "usage"]
+    assert usage == [
+        {k: streamed[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    ]
     assert service.cap.telemetry.force_flush(10_000)
     for answer in (plain, tool, streamed):
         stored = _row(service.url, answer["id"])

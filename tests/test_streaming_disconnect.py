@@ -1,16 +1,20 @@
 """Streaming a turn to a client that leaves in the middle: spans end in the context that
 opened them (no "Failed to detach context"), and the assistant message is stored with what
-was known when the client left: the text streamed so far and no usage (NULL, never 0)."""
+was known when the client left: the text streamed so far, and the usage if the provider had
+reported it (else NULL, never 0)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -121,17 +125,66 @@ def fake_openai() -> Iterator[FakeOpenAIServer]:
         yield fake
 
 
-@pytest.fixture
-def service(pg_url: URL, fake_openai: FakeOpenAIServer, tmp_path: Path) -> Iterator[ServiceProcess]:
+@contextlib.contextmanager
+def _service(pg_url: URL, fake: FakeOpenAIServer, tmp_path: Path) -> Iterator[ServiceProcess]:
     env = service_env(
         url_text(pg_url),
         tmp_path / "spool",
         OPENAI_API_KEY="sk-test",
-        OPENAI_BASE_URL=f"{fake_openai.base_url}",
+        OPENAI_BASE_URL=f"{fake.base_url}",
         CHATTER_OTEL_WRITEBACK_FLUSH_INTERVAL="0.2",
     )
     with serving(env, tmp_path / "serve.log") as process:
         yield process
+
+
+@pytest.fixture
+def service(pg_url: URL, fake_openai: FakeOpenAIServer, tmp_path: Path) -> Iterator[ServiceProcess]:
+    with _service(pg_url, fake_openai, tmp_path) as process:
+        yield process
+
+
+@pytest.fixture
+def stalling_service(
+    pg_url: URL, tmp_path: Path
+) -> Iterator[tuple[ServiceProcess, FakeOpenAIServer]]:
+    """The provider sends the whole answer and its usage, then stalls before ``[DONE]``."""
+    with (
+        FakeOpenAIServer(hold_after_usage=True) as fake,
+        _service(pg_url, fake, tmp_path) as process,
+    ):
+        yield process, fake
+
+
+def _conversation(client: httpx.Client) -> str:
+    user = client.post("/api/v1/users", json={"username": "ann", "email": "ann@example.com"})
+    conv = client.post(
+        "/api/v1/conversations",
+        json={"user_id": user.json()["id"], "title": "t", "llm_provider": "openai"},
+    )
+    return str(conv.json()["id"])
+
+
+ERROR_LINE = re.compile(r"^\S+ \[(?:error|critical)\s*\]")
+
+
+def _errors_since_the_stream(log: str) -> list[str]:
+    """Error lines of the service log from the streamed request on (the access line is
+    written as the response starts, before the client leaves)."""
+    lines = log.splitlines()
+    start = next(i for i, line in enumerate(lines) if "/messages/stream HTTP" in line)
+    return [line for line in lines[start:] if ERROR_LINE.match(line)]
+
+
+def _totals(url: URL, cid: str) -> tuple[Any, ...]:
+    engine = engine_for(url)
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT total_tokens, total_cost FROM conversations WHERE id = :cid"),
+            {"cid": cid},
+        ).one()
+    engine.dispose()
+    return tuple(row)
 
 
 def _assistant_row(url: URL, cid: str) -> dict[str, Any] | None:
@@ -168,12 +221,7 @@ def test_a_client_leaving_mid_stream_leaves_the_message_stored_without_usage(
     service: ServiceProcess, pg_url: URL
 ) -> None:
     with httpx.Client(base_url=service.base_url, timeout=30) as client:
-        user = client.post("/api/v1/users", json={"username": "ann", "email": "ann@example.com"})
-        conv = client.post(
-            "/api/v1/conversations",
-            json={"user_id": user.json()["id"], "title": "t", "llm_provider": "openai"},
-        )
-        cid = conv.json()["id"]
+        cid = _conversation(client)
         deltas: list[str] = []
         with client.stream(
             "POST",
@@ -197,4 +245,58 @@ def test_a_client_leaving_mid_stream_leaves_the_message_stored_without_usage(
     assert row["error_message"].startswith("ClientDisconnected:")
     code, _seconds = service.terminate()
     assert code == -signal.SIGTERM  # uvicorn stops, then re-raises the signal
-    assert DETACH_ERROR not in service.log.read_text()
+    log = service.log.read_text()
+    assert DETACH_ERROR not in log
+    assert _errors_since_the_stream(log) == []
+
+
+PROMPT = "tell me about seven otters in a river"
+# The fake provider's count: 8 words + 3 for the one message; "Echo: ..." is 9 words.
+PROMPT_TOKENS, COMPLETION_TOKENS = 11, 9
+COST = PROMPT_TOKENS * Decimal("0.00000015") + COMPLETION_TOKENS * Decimal("0.0000006")
+
+
+def test_a_client_leaving_after_the_usage_arrived_leaves_that_usage_stored(
+    stalling_service: tuple[ServiceProcess, FakeOpenAIServer], pg_url: URL
+) -> None:
+    """The service relays the provider's usage as an SSE ``usage`` event once LangChain has
+    it: the client leaves on that event, so the usage had arrived, with no timing guess."""
+    service, fake = stalling_service
+    with httpx.Client(base_url=service.base_url, timeout=30) as client:
+        cid = _conversation(client)
+        events: list[tuple[str, Any]] = []
+        with client.stream(
+            "POST", f"/api/v1/conversations/{cid}/messages/stream", json={"content": PROMPT}
+        ) as response:
+            assert response.status_code == 200
+            name = ""
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    name = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    events.append((name, json.loads(line.removeprefix("data: "))))
+                    if name == "usage":
+                        break  # leaving the block closes the connection
+    assert fake.abandoned.wait(30)  # the service gave up the stalled provider stream
+
+    usage = {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": COMPLETION_TOKENS,
+        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+    }
+    assert events[-1] == ("usage", usage)
+    assert "".join(d["content"] for n, d in events if n == "delta") == f"Echo: {PROMPT}"
+    row = _written_back(pg_url, cid)
+    assert {k: row[k] for k in usage} == usage
+    assert Decimal(str(row["cost"])) == COST
+    assert "usage_missing" not in row["extra_metadata"]
+    assert row["content"] == f"Echo: {PROMPT}"
+    assert row["error_message"].startswith("ClientDisconnected:")
+    total_tokens, total_cost = _totals(pg_url, cid)
+    assert total_tokens == PROMPT_TOKENS + COMPLETION_TOKENS
+    assert Decimal(str(total_cost)) == COST
+    code, _seconds = service.terminate()
+    assert code == -signal.SIGTERM
+    log = service.log.read_text()
+    assert DETACH_ERROR not in log
+    assert _errors_since_the_stream(log) == []

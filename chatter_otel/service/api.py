@@ -25,6 +25,7 @@ from chatter_otel.service.db import Database
 from chatter_otel.service.llm import ProviderError, ProviderName, validate_model
 from chatter_otel.service.models import Conversation, Message
 from chatter_otel.service.settings import ServiceSettings
+from chatter_otel.service.workflow import CallUsage
 from chatter_otel.telemetry import Telemetry, setup_telemetry
 
 logger = logging.getLogger("chatter.api")
@@ -259,6 +260,15 @@ def create_app(
                 async for item in events:
                     if isinstance(item, Delta):
                         yield _event("delta", {"content": item.content})
+                    elif isinstance(item, CallUsage):
+                        yield _event(
+                            "usage",
+                            {
+                                "prompt_tokens": item.input_tokens,
+                                "completion_tokens": item.output_tokens,
+                                "total_tokens": item.total_tokens,
+                            },
+                        )
                     else:
                         yield _event("message", MessageOut.of(item).model_dump(mode="json"))
             except TurnFailed as exc:

@@ -26,6 +26,7 @@ from chatter_otel.service.models import Conversation, Message, MessageRole, User
 from chatter_otel.service.settings import ServiceSettings
 from chatter_otel.service.workflow import (
     WORKFLOW_NAME,
+    CallUsage,
     TurnInput,
     TurnResult,
     run_turn,
@@ -261,10 +262,10 @@ class ChatService:
         content: str,
         provider: str | None = None,
         model: str | None = None,
-    ) -> AsyncIterator[Delta | Message]:
+    ) -> AsyncIterator[Delta | CallUsage | Message]:
         """Checks and stores the user message now, so bad input fails before any byte is
-        streamed; the iterator yields text deltas, then the stored assistant message, and
-        raises TurnFailed at the end on error."""
+        streamed; the iterator yields text deltas and the usage model calls report, then the
+        stored assistant message, and raises TurnFailed at the end on error."""
         conversation, turn, history = await self._begin_turn(
             conversation_id, content, provider, model, True
         )
@@ -272,7 +273,7 @@ class ChatService:
 
     async def _stream(
         self, conversation: Conversation, turn: TurnInput, history: list[BaseMessage]
-    ) -> AsyncIterator[Delta | Message]:
+    ) -> AsyncIterator[Delta | CallUsage | Message]:
         """The turn runs in a task of its own and the response only relays its deltas.
 
         A client that disconnects closes this generator (from another task, once the
@@ -281,7 +282,7 @@ class ChatService:
         far and the usage known at that point (none reported: NULL, never 0).
         """
         message_id = new_ulid()
-        queue: asyncio.Queue[Delta | Message | TurnFailed] = asyncio.Queue()
+        queue: asyncio.Queue[Delta | CallUsage | Message | TurnFailed] = asyncio.Queue()
         parts: list[str] = []
         producer = asyncio.create_task(
             self._produce(conversation, message_id, turn, history, parts, queue)
@@ -310,12 +311,15 @@ class ChatService:
         turn: TurnInput,
         history: list[BaseMessage],
         parts: list[str],
-        queue: asyncio.Queue[Delta | Message | TurnFailed],
+        queue: asyncio.Queue[Delta | CallUsage | Message | TurnFailed],
     ) -> tuple[TurnResult, WorkflowRun]:
         async with _workflow(conversation, message_id, streaming=True) as run:
             async for item in stream_turn(turn, history):
                 if isinstance(item, TurnResult):
                     return item, run
+                if isinstance(item, CallUsage):
+                    queue.put_nowait(item)
+                    continue
                 parts.append(item)
                 queue.put_nowait(Delta(item))
         raise RuntimeError("the workflow ended without a result")
@@ -326,7 +330,7 @@ class ChatService:
         message_id: str,
         producer: asyncio.Task[tuple[TurnResult, WorkflowRun]],
         parts: list[str],
-        queue: asyncio.Queue[Delta | Message | TurnFailed],
+        queue: asyncio.Queue[Delta | CallUsage | Message | TurnFailed],
     ) -> None:
         result: TurnResult | None = None
         run: WorkflowRun | None = None

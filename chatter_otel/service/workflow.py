@@ -41,6 +41,19 @@ class TurnInput:
     max_tool_rounds: int = 5
 
 
+@dataclass(frozen=True)
+class CallUsage:
+    """Tokens a model call reported while it streams (add them up: a provider may report
+    in several chunks)."""
+
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
 @dataclass
 class TurnResult:
     content: str
@@ -142,8 +155,9 @@ async def run_turn(turn: TurnInput, history: Sequence[BaseMessage]) -> TurnResul
 
 async def stream_turn(
     turn: TurnInput, history: Sequence[BaseMessage]
-) -> AsyncIterator[str | TurnResult]:
-    """Yields text deltas of the model's answer as they arrive, then the ``TurnResult``."""
+) -> AsyncIterator[str | CallUsage | TurnResult]:
+    """Yields text deltas of the model's answer and the usage its calls report, as they
+    arrive, then the ``TurnResult``."""
     final: dict[str, Any] | None = None
     async for mode, payload in graph().astream(
         {"messages": list(history), "rounds": 0},
@@ -152,13 +166,13 @@ async def stream_turn(
     ):
         if mode == "messages":
             chunk, meta = payload
-            if (
-                meta.get("langgraph_node") == "call_model"
-                and isinstance(chunk, AIMessageChunk)
-                and isinstance(chunk.content, str)
-                and chunk.content
-            ):
+            if meta.get("langgraph_node") != "call_model" or not isinstance(chunk, AIMessageChunk):
+                continue
+            if isinstance(chunk.content, str) and chunk.content:
                 yield chunk.content
+            usage = chunk.usage_metadata
+            if usage:
+                yield CallUsage(usage["input_tokens"], usage["output_tokens"])
         else:
             final = payload
     assert final is not None

@@ -31,9 +31,8 @@ Error statuses 429 and 5xx are retried by the openai client: build it with
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import re
+import select
 import socket
 import threading
 import time
@@ -42,16 +41,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Final, Self
 
+from chatter_otel.testing._fake_replies import (
+    PER_MESSAGE_TOKENS,
+    Completion,
+    Reply,
+    reply_to,
+    token,
+    words,
+)
+
 __all__ = ["FakeOpenAIServer"]
 
-_ARITHMETIC: Final = re.compile(
-    r"\b(?:calculate|compute|what\s+is|what's)\s+(?P<expr>[\d\s.+\-*/()%^]*\d[\d\s.+\-*/()%^]*)",
-    re.IGNORECASE,
-)
-_OPERATOR: Final = re.compile(r"[+\-*/%^]")
-_PER_MESSAGE_TOKENS: Final = 3
-_ARGUMENT_FRAGMENT: Final = 8  # characters per streamed tool-argument delta
 _STOP_TIMEOUT_S: Final = 5.0
+_POLL_S: Final = 0.05
 
 # (error.type, error.code) the real API sends for a status.
 _ERRORS: Final[dict[int, tuple[str, str | None]]] = {
@@ -63,24 +65,6 @@ _ERRORS: Final[dict[int, tuple[str, str | None]]] = {
     500: ("server_error", None),
     503: ("server_error", "overloaded"),
 }
-
-
-class _Reply:
-    """What the assistant answers, before it is framed as JSON or SSE."""
-
-    def __init__(self, text: str | None = None, tool_call: tuple[str, str] | None = None) -> None:
-        self.text = text
-        self.tool_call = tool_call  # (name, JSON arguments)
-
-    @property
-    def finish_reason(self) -> str:
-        return "tool_calls" if self.tool_call else "stop"
-
-    @property
-    def words(self) -> int:
-        if self.tool_call:
-            return 1 + len(self.tool_call[1].split())
-        return len((self.text or "").split())
 
 
 class FakeOpenAIServer:
@@ -103,6 +87,7 @@ class FakeOpenAIServer:
         interrupt_stream_after: int | None = None,
         latency_s: float = 0.0,
         chunk_interval_s: float = 0.0,
+        hold_after_usage: bool = False,
         models: tuple[str, ...] = ("gpt-4o-mini",),
     ) -> None:
         self.cached_tokens = cached_tokens
@@ -117,6 +102,11 @@ class FakeOpenAIServer:
         self.latency_s = latency_s
         self.chunk_interval_s = chunk_interval_s
         """Pause before each SSE chunk, so a client can leave in the middle of a stream."""
+        self.hold_after_usage = hold_after_usage
+        """After a stream's usage chunk send nothing more (no ``[DONE]``) until the client
+        hangs up or the server stops: a provider stalling at the very end, so a client can
+        leave after its usage arrived. ``abandoned`` is set when the client hangs up."""
+        self.abandoned = threading.Event()
         self.models = models
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -216,13 +206,13 @@ class FakeOpenAIServer:
         if not isinstance(messages, list) or not messages:
             handler.send_error_json(400, "'messages' must be a non-empty array", param="messages")
             return
-        reply = _reply(messages, body.get("tools"), body.get("tool_choice"))
-        completion = _Completion(
-            id="chatcmpl-" + _token(f"completion {number}", 29),
+        reply = reply_to(messages, body.get("tools"), body.get("tool_choice"))
+        completion = Completion(
+            id="chatcmpl-" + token(f"completion {number}", 29),
             created=int(time.time()),
             model=self.response_model or model,
             reply=reply,
-            tool_call_id="call_" + _token(f"call {number}", 24),
+            tool_call_id="call_" + token(f"call {number}", 24),
             usage=None if self.omit_usage else self._usage(messages, reply),
         )
         if body.get("stream"):
@@ -234,8 +224,8 @@ class FakeOpenAIServer:
         else:
             handler.send_json(200, completion.response())
 
-    def _usage(self, messages: list[Any], reply: _Reply) -> dict[str, Any]:
-        prompt = sum(_words(m) + _PER_MESSAGE_TOKENS for m in messages)
+    def _usage(self, messages: list[Any], reply: Reply) -> dict[str, Any]:
+        prompt = sum(words(m) + PER_MESSAGE_TOKENS for m in messages)
         completion = reply.words + self.reasoning_tokens
         cached = min(self.cached_tokens, prompt)
         details: dict[str, int] = {"cached_tokens": cached}
@@ -248,115 +238,6 @@ class FakeOpenAIServer:
             "prompt_tokens_details": details,
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         }
-
-
-class _Completion:
-    """One answer, framed as the non-streamed response or as SSE chunks."""
-
-    def __init__(
-        self,
-        *,
-        id: str,
-        created: int,
-        model: str,
-        reply: _Reply,
-        tool_call_id: str,
-        usage: dict[str, Any] | None,
-    ) -> None:
-        self.id = id
-        self.created = created
-        self.model = model
-        self.reply = reply
-        self.tool_call_id = tool_call_id
-        self.usage = usage
-
-    def _envelope(self, kind: str) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": kind,
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": "fp_fake0001",
-            "service_tier": "default",
-        }
-
-    def response(self) -> dict[str, Any]:
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": self.reply.text,
-            "refusal": None,
-            "annotations": [],
-        }
-        if self.reply.tool_call:
-            name, arguments = self.reply.tool_call
-            message["tool_calls"] = [
-                {
-                    "id": self.tool_call_id,
-                    "type": "function",
-                    "function": {"name": name, "arguments": arguments},
-                }
-            ]
-        payload = self._envelope("chat.completion")
-        payload["choices"] = [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": self.reply.finish_reason,
-            }
-        ]
-        if self.usage is not None:
-            payload["usage"] = self.usage
-        return payload
-
-    def chunks(self, include_usage: bool) -> Iterator[tuple[bool, dict[str, Any]]]:
-        """(is the usage chunk, chunk) in the order the real API sends them."""
-
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-            payload = self._envelope("chat.completion.chunk")
-            payload["choices"] = [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            ]
-            if include_usage:
-                payload["usage"] = None
-            return payload
-
-        if self.reply.tool_call:
-            name, arguments = self.reply.tool_call
-            yield (
-                False,
-                chunk(
-                    {
-                        "role": "assistant",
-                        "content": None,
-                        "tool_calls": [
-                            {
-                                "index": 0,
-                                "id": self.tool_call_id,
-                                "type": "function",
-                                "function": {"name": name, "arguments": ""},
-                            }
-                        ],
-                        "refusal": None,
-                    }
-                ),
-            )
-            for start in range(0, len(arguments), _ARGUMENT_FRAGMENT):
-                fragment = arguments[start : start + _ARGUMENT_FRAGMENT]
-                yield (
-                    False,
-                    chunk({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}),
-                )
-        else:
-            yield False, chunk({"role": "assistant", "content": "", "refusal": None})
-            for index, word in enumerate((self.reply.text or "").split(" ")):
-                yield False, chunk({"content": word if index == 0 else " " + word})
-        yield False, chunk({}, self.reply.finish_reason)
-        if include_usage and self.usage is not None:
-            payload = self._envelope("chat.completion.chunk")
-            payload["choices"] = []
-            payload["usage"] = self.usage
-            yield True, payload
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -399,7 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("x-request-id", "req_" + _token(self.requestline, 24))
+        self.send_header("x-request-id", "req_" + token(self.requestline, 24))
         self.end_headers()
         self.wfile.write(body)
 
@@ -427,11 +308,32 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             self._write_chunk(f"data: {json.dumps(payload)}\n\n".encode())
+            if is_usage and fake.hold_after_usage:
+                if self._wait_for_hang_up():
+                    fake.abandoned.set()
+                self.close_connection = True
+                return
         if interrupt_after is not None:
             self.close_connection = True
             return
         self._write_chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
+
+    def _wait_for_hang_up(self) -> bool:
+        """Block until the client closes the connection (True) or the server stops."""
+        stopping = self.server.fake._stopping
+        while not stopping.is_set():
+            readable, _, _ = select.select([self.connection], [], [], _POLL_S)
+            if not readable:
+                continue
+            try:
+                closed = self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:  # reset by the peer
+                closed = True
+            if closed:  # by the client, or by stop() shutting the socket down
+                return not stopping.is_set()
+            stopping.wait(_POLL_S)  # bytes from a client that should be waiting: ignore
+        return False
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -473,53 +375,3 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client hanging up mid-response is routine in tests (interrupted streams).
         pass
-
-
-def _reply(messages: list[Any], tools: Any, tool_choice: Any) -> _Reply:
-    last = messages[-1] if isinstance(messages[-1], dict) else {}
-    if last.get("role") == "tool":
-        return _Reply(text=f"The result is {_text(last)}.")
-    user = next(
-        (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), {}
-    )
-    text = _text(user)
-    match = _ARITHMETIC.search(text)
-    if match and tool_choice != "none" and _offers(tools, "calculator"):
-        expression = match["expr"].strip().rstrip(".").strip()
-        if _OPERATOR.search(expression):
-            return _Reply(tool_call=("calculator", json.dumps({"expression": expression})))
-    return _Reply(text=f"Echo: {text}".strip())
-
-
-def _offers(tools: Any, name: str) -> bool:
-    if not isinstance(tools, list):
-        return False
-    return any(
-        isinstance(t, dict)
-        and t.get("type") == "function"
-        and isinstance(t.get("function"), dict)
-        and t["function"].get("name") == name
-        for t in tools
-    )
-
-
-def _text(message: Any) -> str:
-    """Text of a message: string content, or its text parts joined by spaces."""
-    content = message.get("content") if isinstance(message, dict) else None
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        ]
-        return " ".join(p for p in parts if isinstance(p, str))
-    return ""
-
-
-def _words(message: Any) -> int:
-    return len(_text(message).split())
-
-
-def _token(seed: str, length: int) -> str:
-    # Deterministic ids shaped like the real ones.
-    return hashlib.sha256(seed.encode()).hexdigest()[:length]
