@@ -513,11 +513,14 @@ def test_a_turn_whose_trace_is_silent_for_longer_than_the_ttl_keeps_its_calls() 
 
 def test_turns_sharing_one_trace_id_cost_the_same_per_turn_and_memory_stays_bounded() -> None:
     """Every request carries the same ``traceparent``: 10,000 turns in one trace. The old
-    assembler scanned every earlier call at each turn (CPU per 1,000 turns 0.84 s -> 11.2 s)."""
+    assembler kept every earlier call of the trace and scanned them at each turn (CPU per
+    1,000 turns 0.84 s -> 11.2 s). What a turn costs depends on the state it scans, so the
+    state must stop growing; the CPU figure itself is ``python -m benchmarks.assembler_trace``
+    (timings flake in a test on a shared machine)."""
     a, _ = assembler(max_index=20_000, max_spans_per_trace=5_000, trace_ttl=300.0)
     remote = 0xC0FFEE  # the client's span: never seen here
     ids = iter(range(1_000, 10**9))
-    cpu: list[float] = []
+    grown: list[dict[str, int]] = []
     exact = 0
     for batch in range(10):
         turns = []
@@ -533,7 +536,6 @@ def test_turns_sharing_one_trace_id_cost_the_same_per_turn_and_memory_stays_boun
                     make_span(server, remote),  # the HTTP server span
                 )
             )
-        started = time.process_time()
         for turn, spans in enumerate(turns):
             now = (batch * 1_000 + turn) * 0.01  # 100 turns a second
             for span in spans:
@@ -541,15 +543,13 @@ def test_turns_sharing_one_trace_id_cost_the_same_per_turn_and_memory_stays_boun
             exact += sum(tokens(r) == (3, 4, 7) and r.calls == 1 for r in a.take(now))
             if turn % 100 == 0:
                 a.expire(now)
-        cpu.append(time.process_time() - started)
+        grown.append(dict(a.sizes))
     assert exact == 10_000
-    print("CPU per 1,000 turns", [round(x, 3) for x in cpu])
-    assert sum(cpu[-2:]) < 3 * sum(cpu[:2]), cpu  # the last 2,000 turns against the first
-    sizes = a.sizes
-    assert sizes["index"] <= 20_000 + 100 * 5  # trimmed every 100 turns
-    assert sizes["unresolved"] <= 5_000  # server spans waiting on the client's span
-    assert sizes["aging"] <= 2 * (20_000 + 100 * 5)  # both age queues, trimmed likewise
-    assert (sizes["traces"], sizes["open"]) == (1, 0)
+    for sizes in grown:  # after every 1,000 turns, not only at the end
+        assert sizes["index"] <= 20_000 + 100 * 5, grown  # trimmed every 100 turns
+        assert sizes["unresolved"] <= 5_000, grown  # server spans waiting on the client's span
+        assert sizes["aging"] <= 2 * (20_000 + 100 * 5), grown  # both age queues, likewise
+        assert (sizes["traces"], sizes["open"]) == (1, 0), grown
 
 
 # --- 13.8: rejected tokens carry no cost --------------------------------------------------------
