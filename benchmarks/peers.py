@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 from dataclasses import dataclass
 from typing import Any
@@ -119,7 +118,6 @@ def run(options: Options) -> Section:
     _peer_venvs.ensure(sorted({v.env for v in VARIANTS}))
     results: dict[str, list[Any]] = {v.key: [] for v in VARIANTS}
     with FakeOpenAIServer() as server:
-        _no_delay(server)
         for rep in range(reps):
             for variant in shuffled(VARIANTS, rng):
                 order = shuffled(SCENARIOS, rng)
@@ -164,24 +162,6 @@ def _report_probes(
             str(probe["refused"]),
             ", ".join(tried)[:160],
         )
-
-
-def _no_delay(server: Any) -> None:
-    """TCP_NODELAY on the fake server's connections.
-
-    It writes a response's headers and body in separate sends; with Nagle's algorithm and
-    the client's delayed ACK each request then waits ~40 ms on loopback, which would drown
-    every wall-clock figure. To go once chatter_otel.testing sets it itself.
-    """
-    httpd = server._httpd
-    accept = httpd.get_request
-
-    def get_request() -> tuple[socket.socket, Any]:
-        connection, address = accept()
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return connection, address
-
-    httpd.get_request = get_request
 
 
 def _captures(runs: list[Any], scenario: str) -> Capture:
