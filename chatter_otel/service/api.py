@@ -196,7 +196,10 @@ def create_app(
     async def _database(_r: Request, exc: DBAPIError) -> JSONResponse:
         if isinstance(exc, IntegrityError):
             return JSONResponse({"detail": "conflicting write; retry"}, status_code=409)
-        logger.warning("database error: %s", type(exc.orig).__name__)
+        # The SQLSTATE names the cause (deadlock, lost connection...) without the message,
+        # which may quote a value the client sent.
+        state = getattr(exc.orig, "sqlstate", None) or "none: a client-side failure"
+        logger.warning("database error: %s (SQLSTATE %s)", type(exc.orig).__name__, state)
         return JSONResponse({"detail": _unavailable(exc)}, status_code=503)
 
     @app.exception_handler(OSError)
