@@ -168,6 +168,11 @@ class Generator:
         self._proc = ctx.Process(target=_serve, args=(child,), daemon=True)
         self._proc.start()
 
+    @property
+    def pid(self) -> int:
+        assert self._proc.pid is not None
+        return self._proc.pid
+
     def _ask(self, kind: str, timeout: float, **kwargs: Any) -> Any:
         self._conn.send((kind, kwargs))
         if not self._conn.poll(timeout):

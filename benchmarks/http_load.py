@@ -92,6 +92,8 @@ class Plan:
     count: int = 0
     rounds: list[dict[str, Window]] = field(default_factory=list)
     saturated: dict[str, list[Window]] = field(default_factory=dict)
+    generator_share: float = float("nan")
+    """The Python generator's CPU over the rounds' wall time (share of one core)."""
 
 
 def _budget(options: Options) -> float:
@@ -188,6 +190,7 @@ def _exercise(options: Options, plan: Plan, logdir: Path) -> tuple[list[Service]
 
         round_s = plan.count / plan.rate + SETTLE_S + 0.3
         tail_s = saturation_reps * len(services) * (saturation_s + SETTLE_S + 0.5) + 15
+        gen0, wall0 = tree_cpu(gen.pid), time.monotonic()
         while len(plan.rounds) < maximum and not _decided(plan.rounds, minimum):
             spent = time.monotonic() - started
             if len(plan.rounds) >= 2 and spent + round_s + tail_s > budget:
@@ -197,6 +200,8 @@ def _exercise(options: Options, plan: Plan, logdir: Path) -> tuple[list[Service]
             together = shuffled([*services[:2], extra], rng)  # who leads the stagger
             windows = _measure(gen, backends, together, plan.rate, plan.count)
             plan.rounds.append(windows)
+
+        plan.generator_share = (tree_cpu(gen.pid) - gen0) / (time.monotonic() - wall0)
 
         # Secondary: saturation, after the primary rounds so that the variants' unequal
         # request counts here cannot change their tables before it.
@@ -297,10 +302,10 @@ def _notes(options: Options, plan: Plan, n: int) -> list[str]:
         "Primary figure: service CPU per request: user + system time of the service process "
         "(every thread, and any children) read from /proc around each window and its "
         f"{SETTLE_S:g} s settle (the write-back's last flush lands in it), divided by the "
-        "requests completed. Time-sliced CPU is not charged for waiting, so a neighbour on the "
-        "machine delays the service without changing the figure much; throughput under "
-        "saturation, the figure this replaced, moved 0.84×–1.00× between two runs of the same "
-        "code for that reason.",
+        "requests completed. Time-sliced CPU is not charged for waiting: a neighbour on the "
+        "machine delays the service but reaches this figure only through shared caches, "
+        "whereas throughput under saturation, the figure this replaced, moved 0.84×–1.00× "
+        "between two runs of the same code.",
         f"Side by side: each round runs off, on and one of the other variants (in turn) at the "
         f"same time, each at a fixed {plan.rate:g} requests/s (open loop, staggered; about "
         f"{UTILISATION:.0%} of one core each for off, calibrated on the warm-up), "
@@ -311,11 +316,14 @@ def _notes(options: Options, plan: Plan, n: int) -> list[str]:
         f"(at least {options.reps or options.pick(16, 4)} rounds, within {BUDGET_ENV}="
         f"{_budget(options):g} s for the whole part). The two halves stand in for two runs of "
         "the benchmark; `--reps N` sets the least number of rounds.",
-        "No taskset pinning: the three services of a round share the two cores with PostgreSQL, "
-        "and a service pinned to one core waits behind whatever else the scheduler puts there; "
-        "the generator at this rate takes a few per cent of a core. Hardware instruction "
+        "No taskset pinning: the three services of a round share the cores with PostgreSQL, "
+        "and a service pinned to one core waits behind whatever else the scheduler puts there "
+        "(tried: with a loaded two-core machine the pinned services fell behind a 35 % rate "
+        "and their latency grew to seconds); the generator took "
+        f"{_pct(plan.generator_share)} of one core over the rounds. Hardware instruction "
         "counters (`perf stat -e instructions`) report <not supported> on this virtual machine, "
-        "so the figure is CPU time; callgrind would slow the service some 50-fold.",
+        "so the figure is CPU time; callgrind counts instructions but slows Python tens of "
+        "times, too slow for this part.",
         f"Warm-up: {CONVERSATIONS * (HISTORY_LIMIT // 2 + 2)} requests per service, all at "
         f"once, so each of the {CONVERSATIONS} conversations holds the service's "
         f"{HISTORY_LIMIT}-message history before the first window: per-request work is flat "
@@ -324,9 +332,10 @@ def _notes(options: Options, plan: Plan, n: int) -> list[str]:
         "pool and the write-back's connection), read from /proc; it is reported beside the "
         "primary figure, not in it, because the server is shared with others.",
         f"Secondary: latency percentiles at the fixed rate (from when each request was due), "
-        f"and saturated requests/s from {saturation}, {options.pick(4, 2)} s per variant after "
-        "the primary rounds; on a shared machine saturated throughput moves with the "
-        "neighbours, so it carries no target.",
+        f"and saturated requests/s with the CPU per request under saturation, from "
+        f"{saturation}, {options.pick(4, 2)} s per variant, {options.pick(2, 1)} time(s) in a "
+        "shuffled order after the primary rounds; on a shared machine saturated throughput "
+        "moves with the neighbours, so it carries no target.",
         "Service: `python -m chatter_otel.cli serve` (uvicorn, one process), DATABASE_URL "
         "postgresql+asyncpg on the shared PostgreSQL, offline model with no latency: the "
         "request is pure service CPU, the worst case for any overhead.",
