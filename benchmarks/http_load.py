@@ -6,10 +6,11 @@ operator would. The primary figure is the service process's CPU (user + system, 
 and child, from ``/proc``) per completed request at a fixed offered rate, with telemetry on
 divided by off. Throughput under saturation swung 0.84×–1.00× between two runs of the same
 code: on a shared two-core machine it measures the neighbours as much as the service. CPU per
-request at a fixed rate does not depend on who else gets the core, and every variant serves
-the same requests at the same pace.
+request is not charged for the time a neighbour holds the core, and at a fixed rate every
+variant serves the same requests at the same pace, without queueing.
 
-Variants, all started once and measured interleaved in a shuffled order per round:
+Variants, all started once; each round runs off, on and one of the others (in turn) at the
+same time, so on and off always share the same neighbours:
 
 off            ``OTEL_SDK_DISABLED=true``: chatter-otel installs nothing (the baseline).
 on             the embedded defaults with a database: server spans, chatter-otel spans and
