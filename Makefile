@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install demo test test-suite test-lean test-lowest test-slow lint bench bench-peers prometheus
+.PHONY: install demo test test-suite test-lean test-lowest test-slow lint bench bench-peers prometheus wrk
 
 # The library with the reference service, openinference and the test tools (`test` extra).
 $(VENV)/.installed: pyproject.toml
@@ -47,7 +47,13 @@ test-lowest: prometheus
 test-slow: install prometheus
 	$(VENV)/bin/pytest -m slow
 
-bench: install
+# The HTTP part's saturated throughput uses wrk when it is there, its Python generator if not.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+	  echo "wrk not installed: the HTTP benchmark uses its Python generator"
+
+bench: install wrk
 	$(PY) -m benchmarks
 
 # chatter-otel beside OpenLIT, OpenLLMetry and openinference on the same LangGraph turn; each

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         "--reps",
         type=int,
         default=None,
-        help="repetitions for the parts that honour it (turn, peers)",
+        help="repetitions for the parts that honour it (turn, peers; http: the fewest rounds)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")

@@ -92,3 +92,16 @@ def human_rate(per_s: float, unit: str) -> str:
 
 def mib(nbytes: float) -> str:
     return f"{nbytes / 2**20:.1f} MiB"
+
+
+def halves(values: Sequence[T]) -> tuple[list[T], list[T]]:
+    """The first and the second half in time (the second gets the odd one out)."""
+    middle = len(values) // 2
+    return list(values[:middle]), list(values[middle:])
+
+
+def relative_gap(a: float, b: float) -> float:
+    """How far apart two positive figures are, relative to the smaller (inf when undefined)."""
+    if not (math.isfinite(a) and math.isfinite(b)) or min(a, b) <= 0:
+        return math.inf
+    return max(a, b) / min(a, b) - 1.0
