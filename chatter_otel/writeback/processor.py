@@ -318,12 +318,13 @@ class WritebackSpanProcessor(SpanProcessor):
         in_memory, waiting = self._buffer.sizes()
         logger.warning(
             "write-back flush incomplete (%s): %d span(s) queued, %d record(s) to write, "
-            "%d waiting for their message row, %d spool file(s)",
+            "%d waiting for their message row, %d spool file(s)%s",
             why,
             len(self._worker.inbox),
             in_memory - waiting,
             waiting,
             self._spool.own_files,
+            ", one more being replayed" if self._writer.replaying else "",
         )
         return False
 

@@ -363,6 +363,13 @@ class Writer:
                 claim.done()
                 self._claim = None
 
+    @property
+    def replaying(self) -> bool:
+        """Whether a spool file is being replayed: a claimed file is no longer counted among
+        the spool's own files, yet a flush still waits for it. Read without a lock: a
+        snapshot for log lines only."""
+        return self._claim is not None
+
     def release_claim(self) -> None:
         """At shutdown, once this thread is gone: the file being replayed stays on disk."""
         claim, self._claim = self._claim, None
