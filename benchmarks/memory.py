@@ -39,6 +39,9 @@ from benchmarks._report import Options, Section
 from benchmarks._stats import mib
 from benchmarks._turns import SPANS_PER_TURN, total_tokens
 
+_LATE_INDEX_SPANS = 200_000
+"""The assembler's default ``max_index``: finished turns' spans kept for late spans."""
+
 NAME = "memory"
 TITLE = "Write-back memory with the database down, and recovery"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -356,14 +359,25 @@ def run(options: Options) -> Section:
     mid = [m for m in flow.marks if m[0] not in (low[0], high[0])]
     for m in mid:
         section.add(f"RSS after {m[0]:,} spans", mib(m[1]), f"{m[2]:,} records spooled")
-    growth = high[1] / low[1]
-    section.check(
+    section.add(
         f"RSS after {high[0]:,} spans / after {low[0]:,} spans",
-        f"{growth:.3f}× ({mib(high[1])})",
+        f"{high[1] / low[1]:.3f}× ({mib(high[1])})",
         f"peak (VmHWM) {mib(flow.flow_hwm)}, {high[2]:,} records spooled",
-        "≤ 1.10 (bounded)",
-        growth <= 1.10,
+        "report",
     )
+    # Bounded means no growth once every bound is full: max_queue records in memory, and
+    # the index of finished turns kept for late spans (max_index, 200,000 spans, full after
+    # as many spans; issue 13.3). Before it fills, RSS grows toward that plateau.
+    full = min((m for m in flow.marks if m[0] >= 2 * _LATE_INDEX_SPANS), default=high)
+    if full is not high:
+        growth = high[1] / full[1]
+        section.check(
+            f"RSS after {high[0]:,} spans / after {full[0]:,} spans (every bound full)",
+            f"{growth:.3f}× ({mib(high[1])})",
+            f"the late-span index holds {_LATE_INDEX_SPANS:,} spans",
+            "≤ 1.10 (bounded)",
+            growth <= 1.10,
+        )
     section.add(
         "span flow rate with the database down",
         f"{n_spans / flow.flow_seconds:,.0f} spans/s",
