@@ -63,15 +63,21 @@ class _Scope(Generic[H]):
     def __exit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        try:
+            self._end(exc)
+        finally:
+            if self._token is not None and self._in_own_context():
+                otel_context.detach(self._token)  # type: ignore[arg-type]
+
+    def _end(self, exc: BaseException | None, end_time: int | None = None) -> None:
+        """Records the outcome and ends the span, whatever recording it raises."""
         assert self._span is not None
         try:
             self._close(exc)
         except Exception:  # telemetry must never break the application
             logger.debug("closing span failed", exc_info=True)
         finally:
-            self._span.end()
-            if self._token is not None and self._in_own_context():
-                otel_context.detach(self._token)  # type: ignore[arg-type]
+            self._span.end(end_time)
 
     def _in_own_context(self) -> bool:
         """False when the scope is closed from another context than the one it was entered

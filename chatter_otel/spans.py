@@ -224,13 +224,7 @@ class model_span(_Scope[ModelCall]):
 
     def finish(self, exc: BaseException | None = None, *, end_time: int | None = None) -> None:
         """End a span opened by :meth:`start`, as leaving the ``with`` block would."""
-        assert self._span is not None
-        try:
-            self._close(exc)
-        except Exception:  # telemetry must never break the application
-            logger.debug("closing span failed", exc_info=True)
-        finally:
-            self._span.end(end_time)
+        self._end(exc, end_time)
 
     def _close(self, exc: BaseException | None) -> None:
         assert self._span is not None and self._handle is not None
