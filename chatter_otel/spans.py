@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -29,7 +28,6 @@ from chatter_otel._scope import _error_type, _fail, _Scope
 from chatter_otel._workflow_run import WorkflowRun as WorkflowRun  # re-exported
 from chatter_otel.usage import Response
 
-logger = logging.getLogger("chatter_otel")
 
 __all__ = [
     "ModelCall",
