@@ -28,7 +28,6 @@ from chatter_otel._scope import _error_type, _fail, _Scope
 from chatter_otel._workflow_run import WorkflowRun as WorkflowRun  # re-exported
 from chatter_otel.usage import Response
 
-
 __all__ = [
     "ModelCall",
     "WorkflowRun",
