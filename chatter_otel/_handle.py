@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,9 +76,15 @@ class Telemetry:
     _uninstrument: list[Callable[[], None]] = field(default_factory=list)
     _stopped: bool = False
     _capturing: bool = False
+    _apps: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
 
     def instrument_app(self, app: Any) -> None:
-        """Server spans for a FastAPI app, the ``traceresponse`` header, and ``/metrics``."""
+        """Server spans for a FastAPI app, the ``traceresponse`` header, and ``/metrics``.
+
+        Once per app: ``setup_telemetry(app=app)`` and an explicit call may both reach it."""
+        if app in self._apps:
+            return
+        self._apps.add(app)
         app.add_middleware(TraceResponseMiddleware)
         if self.prometheus:
             app.add_route("/metrics", _prometheus_metrics, include_in_schema=False)

@@ -60,6 +60,7 @@ def setup_telemetry(
     set_global: bool = True,
     configure_logs: bool = True,
     pricing: Any = None,
+    app: Any = None,
     **overrides: Any,
 ) -> Telemetry:
     """Configure tracing, metrics, logs and the write-back from the environment.
@@ -67,22 +68,25 @@ def setup_telemetry(
     ``writeback_url`` is the database the write-back fills, as the app already holds it
     (a string or a SQLAlchemy ``URL``; ``postgresql+asyncpg://`` is fine): apps that read
     their settings from a ``.env`` file pass ``settings.database_url`` here, since the
-    environment variables would not be set. Keyword ``overrides`` replace fields of
-    ``TelemetryConfig`` (arguments beat the environment). Idempotent: a second call
-    returns the active handle. Raises ``ConfigError`` with one line naming the bad value.
+    environment variables would not be set. ``app``, a FastAPI app, is instrumented as
+    ``Telemetry.instrument_app`` does, so that set-up is one line. Keyword ``overrides``
+    replace fields of ``TelemetryConfig`` (arguments beat the environment). Idempotent: a
+    second call returns the active handle (instrumenting its ``app``, if new). Raises
+    ``ConfigError`` with one line naming the bad value.
     """
     with _handle.lock:
-        current = _handle.active()
-        if current is not None:
-            return current
-        config = config or TelemetryConfig.from_env(**overrides)
-        if writeback_url is not None:
-            config = replace(config, writeback_url=_checked_url(writeback_url))
-        handle = _build(
-            config, tracer_provider, meter_provider, set_global, configure_logs, pricing
-        )
-        _handle.set_active(handle)
-        return handle
+        handle = _handle.active()
+        if handle is None:
+            config = config or TelemetryConfig.from_env(**overrides)
+            if writeback_url is not None:
+                config = replace(config, writeback_url=_checked_url(writeback_url))
+            handle = _build(
+                config, tracer_provider, meter_provider, set_global, configure_logs, pricing
+            )
+            _handle.set_active(handle)
+    if app is not None:
+        handle.instrument_app(app)
+    return handle
 
 
 def _checked_url(url: str | URL) -> str:

@@ -137,3 +137,33 @@ def test_check_config_shows_where_the_writeback_goes(
     out = capsys.readouterr().out
     assert "write-back on: postgresql+asyncpg://chatter:***@db:5432/chatter" in out.splitlines()
     assert "hunter2" not in out
+
+
+def _app() -> Any:
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/ping")
+    def ping() -> dict[str, str]:
+        return {"pong": "yes"}
+
+    return app
+
+
+def test_setup_with_the_app_instruments_it_in_the_same_line(start: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    app = _app()
+    start(app=app)
+    response = TestClient(app).get("/ping")
+    assert response.status_code == 200
+    assert response.headers["traceresponse"].startswith("00-")
+
+
+def test_an_app_instrumented_by_setup_and_again_by_hand_is_instrumented_once(start: Any) -> None:
+    from chatter_otel.telemetry import TraceResponseMiddleware
+
+    app = _app()
+    start(app=app).instrument_app(app)
+    assert [m.cls for m in app.user_middleware].count(TraceResponseMiddleware) == 1

@@ -82,3 +82,17 @@ def test_importing_chatter_otel_loads_no_optional_integration() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_adoption_diff_changes_at_most_15_lines_as_the_guide_says() -> None:
+    """Issue 12: adopting chatter-otel in a Chatter-shaped app is a diff of at most 15
+    changed lines outside configuration; the guide states its count, which must be true."""
+    guide = _section(README.read_text(encoding="utf-8"), GUIDE_SECTIONS[1])
+    block = guide[guide.index("```diff\n") + len("```diff\n") :]
+    lines = block[: block.index("```")].splitlines()
+    changed = [line for line in lines if line[:1] in ("+", "-")]
+    claimed = re.search(r"(\d+) changed lines \((\d+) added, (\d+) removed", guide)
+    assert claimed is not None
+    added = sum(line.startswith("+") for line in changed)
+    assert (len(changed), added, len(changed) - added) == (14, 11, 3)
+    assert tuple(int(n) for n in claimed.groups()) == (14, 11, 3)
