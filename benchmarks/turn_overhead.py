@@ -55,7 +55,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
-    AlwaysRecordSampler,
     ParentBased,
     Sampler,
     TraceIdRatioBased,
@@ -72,6 +71,7 @@ from chatter_otel.service.llm import DEFAULT_MODELS, OfflineChatModel
 from chatter_otel.service.workflow import WORKFLOW_NAME, TurnInput, TurnResult, run_turn
 from chatter_otel.spans import workflow_span
 from chatter_otel.telemetry import Telemetry, exemplar_filter, setup_telemetry
+from chatter_otel.writeback.sampling import AlwaysRecordSampler
 
 NAME = "turn"
 TITLE = "Chat-turn overhead (LangGraph turn, offline model, latency 0)"
