@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
 if TYPE_CHECKING:
-    from tests._faults import PgCluster
+    from tests._pg_cluster import PgCluster
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -86,7 +86,7 @@ def db_url(request: pytest.FixtureRequest) -> URL:
 def pg() -> Iterator[PgCluster]:
     """A throwaway PostgreSQL cluster for one test module (never the shared server; a
     database per test with ``pg.database()``). Fault tests stop, stall or cut it."""
-    from tests._faults import throwaway_postgres  # only the fault tests need its imports
+    from tests._pg_cluster import throwaway_postgres  # only the fault tests need its imports
 
     with throwaway_postgres() as cluster:
         yield cluster

@@ -27,7 +27,8 @@ from chatter_otel import conventions as c
 from chatter_otel.pricing import Pricing
 from chatter_otel.service.models import new_ulid
 from chatter_otel.writeback import AlwaysRecordSampler, WritebackMapping, WritebackSpanProcessor
-from tests._faults import TcpProxy, via
+from tests._pg_cluster import via
+from tests._tcp_proxy import TcpProxy
 from tests.test_writeback_support import (
     ECHO,
     OFFLINE,
