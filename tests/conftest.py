@@ -17,6 +17,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
+from tests._stack import load_yaml as _yaml
+
 if TYPE_CHECKING:
     from tests._pg_cluster import PgCluster
 
@@ -120,3 +122,26 @@ def make_writeback(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield factory
     for t in made:
         t.provider.shutdown()
+
+
+# --- the stack's configuration files, shared by the structural stack tests ---------------
+
+
+@pytest.fixture(scope="module")
+def collector() -> dict[str, Any]:
+    return _yaml("collector-config.yaml")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return _yaml("docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def jaeger() -> dict[str, Any]:
+    return _yaml("otel/jaeger/config.yaml")
