@@ -21,6 +21,7 @@ from tests._stack import load_yaml as _yaml
 
 if TYPE_CHECKING:
     from tests._pg_cluster import PgCluster
+    from tests._writeback_db import Factory
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -116,6 +117,35 @@ def make_writeback(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         }
         options.update(kwargs)
         t = tracing(WritebackSpanProcessor(url, **options))
+        made.append(t)
+        return t
+
+    yield factory
+    for t in made:
+        t.provider.shutdown()
+
+
+@pytest.fixture
+def make(db_url: URL, tmp_path: Path) -> Iterator[Factory]:
+    """Builds processors on ``db_url`` with fast timings; shuts them all down afterwards."""
+    from chatter_otel.writeback import WritebackSpanProcessor
+    from tests._writeback_db import PRICING
+    from tests.test_writeback_support import Tracing, tracing
+
+    made: list[Tracing] = []
+
+    def factory(url: URL | str | None = None, **kwargs: Any) -> Tracing:
+        options: dict[str, Any] = {
+            "pricing": PRICING,
+            "flush_interval": 0.05,
+            "late_span_grace": 0.05,
+            "spool_path": tmp_path / "spool",
+            "backoff": (0.02, 0.2),
+        }
+        options.update(kwargs)
+        sampler = options.pop("sampler", None)
+        processor = WritebackSpanProcessor(url if url is not None else db_url, **options)
+        t = tracing(processor, sampler)
         made.append(t)
         return t
 
