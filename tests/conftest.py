@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL, make_url
 from tests._stack import load_yaml as _yaml
 
 if TYPE_CHECKING:
+    from chatter_otel.testing._fake_openai import FakeOpenAIServer
     from tests._pg_cluster import PgCluster
     from tests._writeback_db import Factory
 
@@ -175,3 +176,23 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def jaeger() -> dict[str, Any]:
     return _yaml("otel/jaeger/config.yaml")
+
+
+# --- the fake OpenAI server, shared by the test_fake_openai_* modules ---------------------
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAIServer]:
+    from chatter_otel.testing._fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer() as running:
+        yield running
+
+
+@pytest.fixture
+def _close_clients() -> Iterator[None]:
+    """Closes the openai clients ``tests._openai_clients.client`` opened during the test."""
+    from tests._openai_clients import close_clients
+
+    yield
+    close_clients()
