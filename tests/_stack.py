@@ -26,6 +26,15 @@ COLLECTOR_CONFIGS = (
     "otel/collector/sampler.yaml",
 )
 
+# The host ports the stack publishes, by compose service.
+PUBLISHED_PORTS = {
+    "chatter": [8000],
+    "otel-collector": [4317, 4318],
+    "jaeger": [16686],
+    "prometheus": [9090],
+    "grafana": [3000],
+}
+
 KINDS = {
     "receivers": "receiver",
     "processors": "processor",
@@ -90,3 +99,10 @@ def values_at(node: Any, path: str) -> list[Any]:
     if not rest:
         return [v for item in items for v in (item if isinstance(item, list) else [item])]
     return [v for item in items for v in values_at(item, rest)]
+
+
+def mounts(services: Mapping[str, Mapping[str, Any]]) -> Iterator[tuple[str, str, str]]:
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            yield name, source, target

@@ -17,8 +17,12 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
+from tests._stack import load_yaml as _yaml
+
 if TYPE_CHECKING:
-    from tests._faults import PgCluster
+    from chatter_otel.testing._fake_openai import FakeOpenAIServer
+    from tests._pg_cluster import PgCluster
+    from tests._writeback_db import Factory
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -86,7 +90,7 @@ def db_url(request: pytest.FixtureRequest) -> URL:
 def pg() -> Iterator[PgCluster]:
     """A throwaway PostgreSQL cluster for one test module (never the shared server; a
     database per test with ``pg.database()``). Fault tests stop, stall or cut it."""
-    from tests._faults import throwaway_postgres  # only the fault tests need its imports
+    from tests._pg_cluster import throwaway_postgres  # only the fault tests need its imports
 
     with throwaway_postgres() as cluster:
         yield cluster
@@ -120,3 +124,75 @@ def make_writeback(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield factory
     for t in made:
         t.provider.shutdown()
+
+
+@pytest.fixture
+def make(db_url: URL, tmp_path: Path) -> Iterator[Factory]:
+    """Builds processors on ``db_url`` with fast timings; shuts them all down afterwards."""
+    from chatter_otel.writeback import WritebackSpanProcessor
+    from tests._writeback_db import PRICING
+    from tests.test_writeback_support import Tracing, tracing
+
+    made: list[Tracing] = []
+
+    def factory(url: URL | str | None = None, **kwargs: Any) -> Tracing:
+        options: dict[str, Any] = {
+            "pricing": PRICING,
+            "flush_interval": 0.05,
+            "late_span_grace": 0.05,
+            "spool_path": tmp_path / "spool",
+            "backoff": (0.02, 0.2),
+        }
+        options.update(kwargs)
+        sampler = options.pop("sampler", None)
+        processor = WritebackSpanProcessor(url if url is not None else db_url, **options)
+        t = tracing(processor, sampler)
+        made.append(t)
+        return t
+
+    yield factory
+    for t in made:
+        t.provider.shutdown()
+
+
+# --- the stack's configuration files, shared by the structural stack tests ---------------
+
+
+@pytest.fixture(scope="module")
+def collector() -> dict[str, Any]:
+    return _yaml("collector-config.yaml")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return _yaml("docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def jaeger() -> dict[str, Any]:
+    return _yaml("otel/jaeger/config.yaml")
+
+
+# --- the fake OpenAI server, shared by the test_fake_openai_* modules ---------------------
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAIServer]:
+    from chatter_otel.testing._fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer() as running:
+        yield running
+
+
+@pytest.fixture
+def _close_clients() -> Iterator[None]:
+    """Closes the openai clients ``tests._openai_clients.client`` opened during the test."""
+    from tests._openai_clients import close_clients
+
+    yield
+    close_clients()

@@ -24,20 +24,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
+from tests._chat_load import ChatLoad, Window, create_conversations, summarize
 from tests._exactness import assistant_without_usage, stored_turns
-from tests._faults import (
-    ChatLoad,
-    FakeCollector,
-    SilentServer,
-    Window,
-    create_conversations,
-    refused_port,
-    service_env,
-    serving,
-    summarize,
-    url_text,
-    wait_for,
-)
+from tests._fake_servers import FakeCollector, SilentServer, refused_port
+from tests._pg_cluster import url_text
+from tests._service_processes import service_env, serving
+from tests._wait import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -20,17 +20,11 @@ from sqlalchemy.engine import URL
 
 from chatter_otel.service.db import Database
 from chatter_otel.service.models import Base
+from tests._chat_load import ChatLoad, create_conversations, metric, summarize
 from tests._exactness import assistant_without_usage, stored_turns
-from tests._faults import (
-    ChatLoad,
-    create_conversations,
-    metric,
-    service_env,
-    serving_many,
-    summarize,
-    url_text,
-    wait_for,
-)
+from tests._pg_cluster import url_text
+from tests._service_processes import service_env, serving_many
+from tests._wait import wait_for
 from tests.test_writeback_support import engine_for
 
 SERVICES = 4

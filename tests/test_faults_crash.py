@@ -25,13 +25,9 @@ import pytest
 from sqlalchemy.engine import URL
 
 from tests._exactness import Turn, message_usage, multi_call_plan, planned_usage_problems
-from tests._faults import (
-    PgCluster,
-    TcpProxy,
-    Worker,
-    spool_records,
-    via,
-)
+from tests._pg_cluster import PgCluster, via
+from tests._service_processes import Worker, spool_records
+from tests._tcp_proxy import TcpProxy
 from tests.test_writeback_support import (
     aggregates_exact,
     ledger_rows,

@@ -2,7 +2,7 @@
 of a transaction, lost COMMIT results, refused connections and a database that hangs.
 
 The processor runs in the test process and reaches a throwaway PostgreSQL only through a
-loopback TCP proxy (tests._faults.TcpProxy) that follows the PostgreSQL protocol, so it can
+loopback TCP proxy (tests._tcp_proxy.TcpProxy) that follows the PostgreSQL protocol, so it can
 reset a connection exactly inside an open transaction or right after the server committed
 and before the client hears of it. While spans of 360 turns are produced (6 conversations,
 about 150 turns/s), the fault is active for 2 s; afterwards every message and conversation
@@ -23,14 +23,9 @@ from sqlalchemy.engine import URL
 from chatter_otel.pricing import Pricing
 from chatter_otel.writeback import WritebackSpanProcessor
 from tests._exactness import Turn, emit_turn, multi_call_plan, planned_usage_problems
-from tests._faults import (
-    CUT_AFTER_COMMIT,
-    CUT_IN_TRANSACTION,
-    PgCluster,
-    TcpProxy,
-    spool_records,
-    via,
-)
+from tests._pg_cluster import PgCluster, via
+from tests._service_processes import spool_records
+from tests._tcp_proxy import CUT_AFTER_COMMIT, CUT_IN_TRANSACTION, TcpProxy
 from tests.test_writeback_support import (
     Seeded,
     aggregates_exact,

@@ -24,20 +24,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
+from tests._chat_load import ChatLoad, create_conversations, summarize
 from tests._exactness import StoredTurns, assistant_without_usage, stored_turns
-from tests._faults import (
-    ChatLoad,
-    PgCluster,
-    TcpProxy,
-    create_conversations,
-    service_env,
-    serving,
-    summarize,
-    throwaway_postgres,
-    url_text,
-    via,
-    wait_for,
-)
+from tests._pg_cluster import PgCluster, throwaway_postgres, url_text, via
+from tests._service_processes import service_env, serving
+from tests._tcp_proxy import TcpProxy
+from tests._wait import wait_for
 
 CATCH_UP_S = 60.0
 """Longest wait for the write-back to catch up after a fault (it backs off up to 5 s)."""

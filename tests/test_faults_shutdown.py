@@ -13,20 +13,12 @@ import signal
 import time
 from pathlib import Path
 
+from tests._chat_load import ChatLoad, create_conversations, summarize
 from tests._exactness import assistant_without_usage, stored_turns
-from tests._faults import (
-    ChatLoad,
-    PgCluster,
-    TcpProxy,
-    create_conversations,
-    service_env,
-    serving,
-    spool_records,
-    summarize,
-    url_text,
-    via,
-    wait_for,
-)
+from tests._pg_cluster import PgCluster, url_text, via
+from tests._service_processes import service_env, serving, spool_records
+from tests._tcp_proxy import TcpProxy
+from tests._wait import wait_for
 
 GRACE_S = 30.0
 """What a process manager waits after SIGTERM before SIGKILL."""

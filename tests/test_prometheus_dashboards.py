@@ -4,7 +4,7 @@ The reference service runs as a real process (``chatter-otel serve``) with the P
 exporter; a demo workload (tool call, stream, unpriced model, failure) goes through its HTTP
 API; Debian's Prometheus scrapes ``/metrics``; each expression must parse and return data.
 Span-metrics expressions need the Collector's connector and are checked only by
-``promtool`` in test_stack_config.
+``promtool`` in test_stack_promtool.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ from chatter_otel.writeback import WritebackMapping, WritebackSpanProcessor
 from chatter_otel.writeback.records import KIND_TURN, TurnRecord
 from chatter_otel.writeback.spool import Spool
 from chatter_otel.writeback.store import Store
-from tests._faults import TcpProxy, via
+from tests._pg_cluster import via
+from tests._tcp_proxy import TcpProxy
 from tests.test_writeback_support import (
     Tracing,
     create_schema,

@@ -1,7 +1,7 @@
 """Logs beside traces, tail sampling, the gateway layout and the spool volume, checked without Docker.
 
 Loki, the Collector and Grafana never run here. Their configurations are checked the way the
-rest of the stack is (tests/test_stack_config.py): every key against the sources read upstream
+rest of the stack is (tests/test_stack_*.py): every key against the sources read upstream
 at the pinned versions (tests/data/upstream-config-keys.yaml), ports and names against each
 other, and the sampling policy against what it must keep.
 """

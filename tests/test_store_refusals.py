@@ -20,7 +20,8 @@ from sqlalchemy.engine import URL
 
 from chatter_otel import conventions as c
 from chatter_otel.writeback.mapping import WritebackMapping
-from tests._faults import TcpProxy, via
+from tests._pg_cluster import via
+from tests._tcp_proxy import TcpProxy
 from tests.test_writeback_support import (
     Tracing,
     aggregates_exact,

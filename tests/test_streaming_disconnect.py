@@ -29,8 +29,9 @@ from sqlalchemy.engine import URL
 
 from chatter_otel import workflow_span
 from chatter_otel.testing import FakeOpenAIServer, capture_telemetry
-from tests._faults import ServiceProcess, service_env, serving, url_text
 from tests._pg import free_port
+from tests._pg_cluster import url_text
+from tests._service_processes import ServiceProcess, service_env, serving
 from tests.test_writeback_support import engine_for, wait_until
 
 DETACH_ERROR = "Failed to detach context"

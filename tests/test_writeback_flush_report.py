@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
-from tests._faults import TcpProxy, via
+from tests._pg_cluster import via
+from tests._tcp_proxy import TcpProxy
 from tests.test_writeback_support import engine_for, message, seed, simple_turn, wait_until
 
 Factory = Callable[..., Any]
