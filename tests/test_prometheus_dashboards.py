@@ -120,12 +120,14 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "CHATTER_OTEL_WRITEBACK_FLUSH_INTERVAL": "0.2",
     }
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    service = subprocess.Popen(
-        [sys.executable, "-m", "chatter_otel.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    service_log = tmp / "serve.log"
+    with service_log.open("wb") as log:  # the child keeps its own copy of the descriptor
+        service = subprocess.Popen(
+            [sys.executable, "-m", "chatter_otel.cli", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     config = {
         "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "evaluation_interval": "1s"},
         "scrape_configs": [
@@ -150,12 +152,17 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     base, prom_url = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{prom_port}"
     try:
-        _wait(f"{base}/healthz", 60, service)
-        _wait(f"{prom_url}/-/ready", 60, prom)
-        _workload(base, 1)
-        _wait_for_scrapes(prom_url, 2)
-        _workload(base, 2)
-        _wait_for_scrapes(prom_url, _scrapes(prom_url) + 2)
+        try:
+            _wait(f"{base}/healthz", 60, service)
+            _wait(f"{prom_url}/-/ready", 60, prom)
+            _workload(base, 1)
+            _wait_for_scrapes(prom_url, 2)
+            _workload(base, 2)
+            _wait_for_scrapes(prom_url, _scrapes(prom_url) + 2)
+        except Exception as exc:
+            # Every test of the module errors on a failed set-up: say why, once.
+            tail = "\n".join(service_log.read_text(errors="replace").splitlines()[-40:])
+            raise AssertionError(f"{exc!r}\n--- service log, last lines ---\n{tail}") from exc
         yield prom_url
     finally:
         for proc in (prom, service):
