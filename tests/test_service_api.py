@@ -243,3 +243,37 @@ async def test_list_conversations_filters_by_user(api: Api) -> None:
 async def test_healthz(api: Api) -> None:
     r = await api.client.get("/healthz")
     assert r.json() == {"status": "ok"}
+
+
+async def test_a_streamed_turn_whose_message_cannot_be_stored_ends_with_an_error_event(
+    pg_url: URL, captured: CapturedTelemetry
+) -> None:
+    """The turn's task stores the message; when the database refuses it (here a trigger, as
+    when the database goes down mid-turn), the stream used to wait for that message forever
+    (the demo hung). It must end with an error event."""
+    from sqlalchemy import text
+
+    from tests.test_writeback_support import engine_for
+
+    async with running_service(
+        pg_url.render_as_string(hide_password=False), captured.telemetry
+    ) as api:
+        cid = await api.conversation()
+        engine = engine_for(pg_url)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "CREATE FUNCTION refuse_assistant() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'assistant rows refused'; END $$"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_assistant BEFORE INSERT ON messages FOR EACH ROW "
+                    "WHEN (NEW.role = 'ASSISTANT') EXECUTE FUNCTION refuse_assistant()"
+                )
+            )
+        engine.dispose()
+        events = await asyncio.wait_for(api.stream(cid, "hello big world"), timeout=30)
+    assert [name for name, _ in events][-1] == "error"
+    assert events[-1][1] == {"detail": "the database is unavailable (DBAPIError); retry later"}

@@ -282,7 +282,7 @@ class ChatService:
         far and the usage known at that point (none reported: NULL, never 0).
         """
         message_id = new_ulid()
-        queue: asyncio.Queue[Delta | CallUsage | Message | TurnFailed] = asyncio.Queue()
+        queue: asyncio.Queue[Delta | CallUsage | Message | Exception] = asyncio.Queue()
         parts: list[str] = []
         producer = asyncio.create_task(
             self._produce(conversation, message_id, turn, history, parts, queue)
@@ -295,7 +295,7 @@ class ChatService:
         try:
             while True:
                 item = await queue.get()
-                if isinstance(item, TurnFailed):
+                if isinstance(item, Exception):  # TurnFailed, or the store's own failure
                     raise item
                 yield item
                 if isinstance(item, Message):
@@ -311,7 +311,7 @@ class ChatService:
         turn: TurnInput,
         history: list[BaseMessage],
         parts: list[str],
-        queue: asyncio.Queue[Delta | CallUsage | Message | TurnFailed],
+        queue: asyncio.Queue[Delta | CallUsage | Message | Exception],
     ) -> tuple[TurnResult, WorkflowRun]:
         async with _workflow(conversation, message_id, streaming=True) as run:
             async for item in stream_turn(turn, history):
@@ -330,7 +330,7 @@ class ChatService:
         message_id: str,
         producer: asyncio.Task[tuple[TurnResult, WorkflowRun]],
         parts: list[str],
-        queue: asyncio.Queue[Delta | CallUsage | Message | TurnFailed],
+        queue: asyncio.Queue[Delta | CallUsage | Message | Exception],
     ) -> None:
         result: TurnResult | None = None
         run: WorkflowRun | None = None
@@ -346,7 +346,12 @@ class ChatService:
             logger.warning("streamed chat turn failed: %s", type(exc).__name__)
         if result is None:
             result = TurnResult(content="".join(parts), finish_reason=None) if parts else None
-        stored = await self._finish_turn(conversation, message_id, result, error)
+        try:
+            stored = await self._finish_turn(conversation, message_id, result, error)
+        except Exception as exc:  # the database failed too: the reader must not wait forever
+            logger.warning("streamed chat turn not stored: %s", type(exc).__name__)
+            queue.put_nowait(exc)
+            return
         if error is not None:
             queue.put_nowait(TurnFailed(stored, error))
         else:
