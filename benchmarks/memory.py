@@ -38,9 +38,7 @@ from benchmarks import _db
 from benchmarks._report import Options, Section
 from benchmarks._stats import mib
 from benchmarks._turns import SPANS_PER_TURN, total_tokens
-
-_LATE_INDEX_SPANS = 200_000
-"""The assembler's default ``max_index``: finished turns' spans kept for late spans."""
+from chatter_otel.writeback.assembler import MAX_INDEX as _LATE_INDEX_SPANS
 
 NAME = "memory"
 TITLE = "Write-back memory with the database down, and recovery"

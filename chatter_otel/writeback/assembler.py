@@ -52,10 +52,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chatter_otel.writeback")
 
-__all__ = ["R_BIND", "WARN_EVERY", "Assembler"]
+__all__ = ["MAX_INDEX", "R_BIND", "WARN_EVERY", "Assembler"]
 
 R_BIND: Final = "bind_unmatched"
 """Rejection reason: a bind for a turn that already had a message id, or came too late."""
+MAX_INDEX: Final = 200_000
+"""Spans of finished turns kept for late spans (and spans waiting on a parent), at most."""
 
 
 class Assembler:
@@ -71,7 +73,7 @@ class Assembler:
         max_spans_per_trace: int,
         message_ttl: float = 300.0,
         call_ttl: float = 3600.0,
-        max_index: int = 200_000,
+        max_index: int = MAX_INDEX,
         done_ttl: float | None = None,
     ) -> None:
         """``done_ttl`` is accepted from callers of the earlier interface and unused: late
